@@ -1,0 +1,32 @@
+"""HyperSparse regularization and Adaptive Regularized Training for Keras.
+
+Importing this package never imports tensorflow-model-optimization or tf_keras.
+"""
+
+from hypersparse_tf.masks import apply_masks
+from hypersparse_tf.masks import global_magnitude_masks
+from hypersparse_tf.masks import sparsity
+from hypersparse_tf.masks import sparsity_report
+from hypersparse_tf.prunable import is_prunable_kernel
+from hypersparse_tf.prunable import prunable_weights
+from hypersparse_tf.regularizers import AdaptiveL1
+from hypersparse_tf.regularizers import AdaptiveL2
+from hypersparse_tf.regularizers import HyperSparse
+from hypersparse_tf.regularizers import attach
+from hypersparse_tf.regularizers import attached_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdaptiveL1",
+    "AdaptiveL2",
+    "HyperSparse",
+    "apply_masks",
+    "attach",
+    "attached_weights",
+    "global_magnitude_masks",
+    "is_prunable_kernel",
+    "prunable_weights",
+    "sparsity",
+    "sparsity_report",
+]
