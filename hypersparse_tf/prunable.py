@@ -170,8 +170,7 @@ def prunable_weights(model, predicate=None):
             prunable weights would share one key.
     """
     return {
-        key: weight
-        for key, _, weight in prunable_layers_and_weights(model, predicate)
+        key: weight for key, _, weight in prunable_layers_and_weights(model, predicate)
     }
 
 

@@ -76,7 +76,7 @@ def kth_smallest_magnitude(tensors, k):
                 maxlength=_LOW_BUCKETS,
                 dtype=tf.int32,
             )
-            for b, h in zip(bits, high)
+            for b, h in zip(bits, high, strict=True)
         ]
     )
     low_bucket = _first_index_above(tf.cumsum(low_counts) + below, k)

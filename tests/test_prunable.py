@@ -26,9 +26,7 @@ def test_prunable_weights_every_layer_kind():
     x = keras.layers.LayerNormalization(name="ln")(x)
     x = keras.layers.Flatten()(x)
     x = keras.layers.EinsumDense("ab,bc->ac", output_shape=4, name="einsum")(x)
-    outputs = keras.layers.Embedding(4, 2, name="embedding")(
-        keras.ops.cast(x, "int32")
-    )
+    outputs = keras.layers.Embedding(4, 2, name="embedding")(keras.ops.cast(x, "int32"))
     model = keras.Model(inputs, outputs)
     assert list(hypersparse_tf.prunable_weights(model)) == [
         "c3/kernel",
@@ -60,14 +58,16 @@ def test_prunable_weights_nested_and_shared_layers():
 def test_prunable_weights_predicate_narrows_and_widens(model):
     narrowed = hypersparse_tf.prunable_weights(
         model,
-        lambda layer, w: hypersparse_tf.is_prunable_kernel(layer, w)
-        and layer.name != "dense",
+        lambda layer, w: (
+            hypersparse_tf.is_prunable_kernel(layer, w) and layer.name != "dense"
+        ),
     )
     assert list(narrowed) == MIXED_KEYS[:-1]
     widened = hypersparse_tf.prunable_weights(
         model,
-        lambda layer, w: hypersparse_tf.is_prunable_kernel(layer, w)
-        or w.name == "bias",
+        lambda layer, w: (
+            hypersparse_tf.is_prunable_kernel(layer, w) or w.name == "bias"
+        ),
     )
     assert "dense/bias" in widened and "conv/bias" in widened
     assert "bn/gamma" not in widened

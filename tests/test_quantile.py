@@ -30,7 +30,9 @@ def test_kth_smallest_magnitude_matches_sort(fraction):
 def test_kth_smallest_magnitude_on_ties_and_zeros():
     values = np.array([0.0, -0.0, 0.5, -0.5, 0.5, 0.25, 0.0, 2.0], dtype="float32")
     for k in range(values.size):
-        got = kth_smallest_magnitude([tf.constant(values[:3]), tf.constant(values[3:])], k)
+        got = kth_smallest_magnitude(
+            [tf.constant(values[:3]), tf.constant(values[3:])], k
+        )
         assert got.numpy() == _reference([values], k), k
 
 
@@ -56,7 +58,10 @@ def test_kth_smallest_magnitude_same_high_bits():
     )
     np.random.default_rng(0).shuffle(values)
     for k in [0, 7, 25, 49]:
-        assert kth_smallest_magnitude([tf.constant(values)], k).numpy() == np.sort(values)[k]
+        assert (
+            kth_smallest_magnitude([tf.constant(values)], k).numpy()
+            == np.sort(values)[k]
+        )
 
 
 def test_kth_smallest_magnitude_empty_list():
