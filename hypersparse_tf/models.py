@@ -1,0 +1,324 @@
+"""Reference networks of the HyperSparse paper, and small models for devices.
+
+Plain builder functions that return functional Keras 3 models. Every
+convolution and dense layer has a unique name, so that the keys of
+`prunable_weights` and of mask dictionaries are stable across builds.
+
+- `resnet`: the "doubled" CIFAR ResNet of the paper's code (ResNet-32: 1,855,584
+  prunable weights for 10 classes).
+- `vgg19_bn`: VGG-19 with BatchNorm as in the paper's code (20,024,000 prunable
+  weights for 10 classes).
+- `lenet_300_100`: the classic fully connected LeNet-300-100.
+- `small_cnn`: a CNN whose full-integer TFLite model fits a microcontroller.
+
+Convolution and dense kernels are initialized with `he_normal` (Kaiming normal,
+as the PyTorch reference code does).
+"""
+
+import numbers
+
+import keras
+
+# The VGG-19 configuration of the reference code; "M" is a 2x2 max-pool.
+VGG19_CONFIG = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    512,
+)
+
+_INITIALIZER = "he_normal"
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_num_classes(num_classes):
+    if not _is_int(num_classes) or num_classes < 2:
+        raise ValueError(
+            "Invalid value for argument `num_classes`. Expected an int >= 2. "
+            f"Received: num_classes={num_classes!r}"
+        )
+    return int(num_classes)
+
+
+def _check_input_shape(input_shape, rank=None, min_size=1, requirement=None):
+    """Returns `input_shape` as a tuple of ints after checking it.
+
+    Args:
+        input_shape: The shape to check, without the batch dimension.
+        rank: Required length of the shape, or None for any length >= 1.
+        min_size: Smallest height and width allowed (for `rank == 3`).
+        requirement: Why `min_size` is needed, for the error message.
+    """
+    expected = (
+        "a tuple (height, width, channels) of positive ints"
+        if rank == 3
+        else "a non-empty tuple of positive ints"
+    )
+    if (
+        not isinstance(input_shape, (tuple, list))
+        or not input_shape
+        or not all(_is_int(d) and d > 0 for d in input_shape)
+        or (rank is not None and len(input_shape) != rank)
+    ):
+        raise ValueError(
+            f"Invalid value for argument `input_shape`. Expected {expected}, "
+            f"without the batch dimension. Received: input_shape={input_shape!r}"
+        )
+    input_shape = tuple(int(d) for d in input_shape)
+    if rank == 3 and min(input_shape[:2]) < min_size:
+        raise ValueError(
+            "Invalid value for argument `input_shape`. Expected height and "
+            f"width >= {min_size} ({requirement}). Received: "
+            f"input_shape={input_shape!r}"
+        )
+    return input_shape
+
+
+def _conv_bn_relu(x, filters, name, strides=1, kernel_size=3):
+    x = keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=_INITIALIZER,
+        name=f"{name}_conv",
+    )(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _basic_block(x, filters, strides, name):
+    """Two 3x3 conv + BN, a 1x1 conv + BN shortcut where the shape changes."""
+    shortcut = x
+    y = keras.layers.Conv2D(
+        filters,
+        3,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=_INITIALIZER,
+        name=f"{name}_conv1",
+    )(x)
+    y = keras.layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = keras.layers.ReLU(name=f"{name}_relu1")(y)
+    y = keras.layers.Conv2D(
+        filters,
+        3,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=_INITIALIZER,
+        name=f"{name}_conv2",
+    )(y)
+    y = keras.layers.BatchNormalization(name=f"{name}_bn2")(y)
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = keras.layers.Conv2D(
+            filters,
+            1,
+            strides=strides,
+            use_bias=False,
+            kernel_initializer=_INITIALIZER,
+            name=f"{name}_shortcut_conv",
+        )(x)
+        shortcut = keras.layers.BatchNormalization(name=f"{name}_shortcut_bn")(shortcut)
+    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
+    return keras.layers.ReLU(name=f"{name}_out")(y)
+
+
+def _classifier(x, num_classes):
+    return keras.layers.Dense(
+        num_classes, kernel_initializer=_INITIALIZER, name="predictions"
+    )(x)
+
+
+def resnet(depth=32, num_classes=10, input_shape=(32, 32, 3), width=32):
+    """The "doubled" CIFAR ResNet of the HyperSparse reference code.
+
+    A 3x3 stem convolution with `width` filters, then three stages of
+    `(depth - 2) / 6` basic blocks with `width`, `2 * width` and `4 * width`
+    filters. A basic block is conv3x3-BN-ReLU-conv3x3-BN plus its shortcut,
+    then ReLU; convolutions have no bias. The first block of stages 2 and 3
+    has stride 2 and a 1x1 convolution + BN shortcut. Global average pooling
+    and a dense classifier follow. The model outputs logits.
+
+    With the defaults (ResNet-32 on CIFAR-10) it has 1,855,584 prunable
+    weights (convolution and dense kernels), as in the paper.
+
+    Args:
+        depth: Int. Number of weight layers, `6n + 2` with `n >= 1` (8, 14,
+            20, 32, 44, 56, 110, ...). Defaults to `32`.
+        num_classes: Int >= 2. Number of classes. Defaults to `10`.
+        input_shape: Tuple `(height, width, channels)` of positive ints.
+            Defaults to `(32, 32, 3)`.
+        width: Int >= 1. Filters of the stem and of the first stage. The
+            standard CIFAR ResNet has 16; the paper's code doubles it.
+            Defaults to `32`.
+
+    Returns:
+        A functional `keras.Model` named `f"resnet{depth}"`.
+
+    Example:
+
+    >>> model = hypersparse_tf.models.resnet(32, num_classes=10)
+    >>> len(hypersparse_tf.prunable_weights(model))
+    34
+    """
+    if not _is_int(depth) or depth < 8 or (depth - 2) % 6 != 0:
+        raise ValueError(
+            "Invalid value for argument `depth`. Expected 6n+2 with n >= 1 "
+            f"(8, 14, 20, 32, 44, 56, 110, ...). Received: depth={depth!r}"
+        )
+    if not _is_int(width) or width < 1:
+        raise ValueError(
+            "Invalid value for argument `width`. Expected an int >= 1. "
+            f"Received: width={width!r}"
+        )
+    num_classes = _check_num_classes(num_classes)
+    input_shape = _check_input_shape(input_shape, rank=3)
+    blocks = (depth - 2) // 6
+
+    inputs = keras.Input(input_shape, name="image")
+    x = _conv_bn_relu(inputs, width, "stem")
+    for stage in range(3):
+        filters = width * 2**stage
+        for block in range(blocks):
+            strides = 2 if stage > 0 and block == 0 else 1
+            x = _basic_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}")
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = _classifier(x, num_classes)
+    return keras.Model(inputs, outputs, name=f"resnet{depth}")
+
+
+def vgg19_bn(num_classes=10, input_shape=(32, 32, 3)):
+    """VGG-19 with BatchNorm, as in the HyperSparse reference code.
+
+    Sixteen 3x3 convolutions (no bias) + BN + ReLU in the configuration
+    `VGG19_CONFIG`, a 2x2 max-pool at each "M", then a 2x2 average pool, a
+    flatten and a single dense classifier. The model outputs logits.
+
+    With the defaults (CIFAR-10) it has 20,024,000 prunable weights. For a
+    larger input the classifier sees the flattened `(H/32, W/32, 512)` map
+    (e.g. 2,048 features for 64x64 images).
+
+    Args:
+        num_classes: Int >= 2. Number of classes. Defaults to `10`.
+        input_shape: Tuple `(height, width, channels)` of positive ints, with
+            height and width >= 32. Defaults to `(32, 32, 3)`.
+
+    Returns:
+        A functional `keras.Model` named `"vgg19_bn"`.
+
+    Example:
+
+    >>> model = hypersparse_tf.models.vgg19_bn(num_classes=100)
+    """
+    num_classes = _check_num_classes(num_classes)
+    input_shape = _check_input_shape(
+        input_shape,
+        rank=3,
+        min_size=32,
+        requirement="four 2x2 max-pools and a 2x2 average pool",
+    )
+    inputs = keras.Input(input_shape, name="image")
+    x = inputs
+    conv_index = 0
+    pool_index = 0
+    for entry in VGG19_CONFIG:
+        if entry == "M":
+            pool_index += 1
+            x = keras.layers.MaxPooling2D(2, name=f"pool{pool_index}")(x)
+        else:
+            conv_index += 1
+            x = _conv_bn_relu(x, entry, f"block{pool_index + 1}_{conv_index}")
+    x = keras.layers.AveragePooling2D(2, name="avg_pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    outputs = _classifier(x, num_classes)
+    return keras.Model(inputs, outputs, name="vgg19_bn")
+
+
+def lenet_300_100(num_classes=10, input_shape=(28, 28, 1)):
+    """LeNet-300-100: a fully connected network with 300 and 100 hidden units.
+
+    Flatten, Dense(300) + ReLU, Dense(100) + ReLU, Dense(num_classes). The
+    model outputs logits. For 28x28 images and 10 classes it has 266,200
+    prunable weights (dense kernels).
+
+    Args:
+        num_classes: Int >= 2. Number of classes. Defaults to `10`.
+        input_shape: Non-empty tuple of positive ints. Defaults to
+            `(28, 28, 1)`.
+
+    Returns:
+        A functional `keras.Model` named `"lenet_300_100"`.
+
+    Example:
+
+    >>> model = hypersparse_tf.models.lenet_300_100()
+    """
+    num_classes = _check_num_classes(num_classes)
+    input_shape = _check_input_shape(input_shape)
+    inputs = keras.Input(input_shape, name="image")
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    x = keras.layers.Dense(
+        300, activation="relu", kernel_initializer=_INITIALIZER, name="dense1"
+    )(x)
+    x = keras.layers.Dense(
+        100, activation="relu", kernel_initializer=_INITIALIZER, name="dense2"
+    )(x)
+    outputs = _classifier(x, num_classes)
+    return keras.Model(inputs, outputs, name="lenet_300_100")
+
+
+def small_cnn(num_classes=10, input_shape=(28, 28, 1)):
+    """A small CNN for microcontrollers.
+
+    Two blocks of 3x3 convolution (no bias) + BN + ReLU + 2x2 max-pool, with
+    16 and 32 filters, then a flatten and a dense classifier. The model
+    outputs logits. Batch normalization folds into the convolutions on
+    export, so the full-integer TFLite model stays small: 20,432 prunable
+    weights (~21k parameters, well under 64 KB as int8) for 28x28x1 images
+    and 10 classes, 6,032 for 8x8x1 images.
+
+    Args:
+        num_classes: Int >= 2. Number of classes. Defaults to `10`.
+        input_shape: Tuple `(height, width, channels)` of positive ints, with
+            height and width >= 4. Defaults to `(28, 28, 1)`.
+
+    Returns:
+        A functional `keras.Model` named `"small_cnn"`.
+
+    Example:
+
+    >>> model = hypersparse_tf.models.small_cnn(input_shape=(8, 8, 1))
+    """
+    num_classes = _check_num_classes(num_classes)
+    input_shape = _check_input_shape(
+        input_shape, rank=3, min_size=4, requirement="two 2x2 max-pools"
+    )
+    inputs = keras.Input(input_shape, name="image")
+    x = inputs
+    for index, filters in enumerate((16, 32), start=1):
+        x = _conv_bn_relu(x, filters, f"block{index}")
+        x = keras.layers.MaxPooling2D(2, name=f"block{index}_pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    outputs = _classifier(x, num_classes)
+    return keras.Model(inputs, outputs, name="small_cnn")

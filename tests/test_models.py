@@ -1,0 +1,184 @@
+"""Tests of the reference and device models: sizes, shapes, argument checks."""
+
+import keras
+import numpy as np
+import pytest
+
+import hypersparse_tf
+from hypersparse_tf import models
+
+
+def num_prunable(model):
+    weights = hypersparse_tf.prunable_weights(model)
+    return sum(int(np.prod(w.shape)) for w in weights.values())
+
+
+def conv_and_dense_names(model):
+    kinds = (keras.layers.Conv2D, keras.layers.Dense)
+    return [layer.name for layer in model.layers if isinstance(layer, kinds)]
+
+
+def test_resnet_default_has_reference_prunable_count():
+    model = models.resnet(32)
+    assert num_prunable(model) == 1_855_584
+    assert len(hypersparse_tf.prunable_weights(model)) == 34
+    assert model.name == "resnet32"
+
+
+def test_resnet_structure_matches_reference():
+    model = models.resnet(32)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert all(not layer.use_bias for layer in convs)
+    shortcuts = [layer for layer in convs if layer.kernel_size == (1, 1)]
+    assert [layer.name for layer in shortcuts] == [
+        "stage2_block1_shortcut_conv",
+        "stage3_block1_shortcut_conv",
+    ]
+    assert [layer.filters for layer in shortcuts] == [64, 128]
+    assert [layer.strides for layer in shortcuts] == [(2, 2), (2, 2)]
+    assert model.get_layer("stem_conv").filters == 32
+    assert model.get_layer("stage3_block5_conv2").filters == 128
+    assert model.get_layer("predictions").kernel.shape == (128, 10)
+
+
+@pytest.mark.parametrize(
+    "depth, width, expected",
+    [(8, 16, 77_360), (20, 16, 270_896), (8, 32, 307_296)],
+)
+def test_resnet_depth_and_width_set_prunable_count(depth, width, expected):
+    assert num_prunable(models.resnet(depth, width=width)) == expected
+
+
+def test_resnet_output_shape_is_batch_by_classes():
+    model = models.resnet(8, num_classes=100, input_shape=(16, 16, 3), width=8)
+    outputs = model(np.zeros((2, 16, 16, 3), "float32"), training=False)
+    assert tuple(outputs.shape) == (2, 100)
+
+
+@pytest.mark.parametrize("depth", [2, 7, 9, 31, 33, 32.0, "32", None, True])
+def test_resnet_depth_not_6n_plus_2_raises(depth):
+    with pytest.raises(ValueError, match=r"argument `depth`. Expected 6n\+2") as info:
+        models.resnet(depth)
+    assert str(info.value).endswith(f"Received: depth={depth!r}")
+
+
+@pytest.mark.parametrize("width", [0, -1, 1.5, None])
+def test_resnet_bad_width_raises(width):
+    with pytest.raises(ValueError, match=f"Received: width={width!r}"):
+        models.resnet(8, width=width)
+
+
+def test_vgg19_bn_default_has_reference_prunable_count():
+    model = models.vgg19_bn()
+    assert num_prunable(model) == 20_024_000
+    assert len(hypersparse_tf.prunable_weights(model)) == 17
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [layer.filters for layer in convs] == [
+        entry for entry in models.VGG19_CONFIG if entry != "M"
+    ]
+    assert all(not layer.use_bias for layer in convs)
+    assert model.get_layer("predictions").kernel.shape == (512, 10)
+
+
+def test_vgg19_bn_output_shape_is_batch_by_classes():
+    model = models.vgg19_bn(num_classes=100)
+    outputs = model(np.zeros((1, 32, 32, 3), "float32"), training=False)
+    assert tuple(outputs.shape) == (1, 100)
+
+
+def test_vgg19_bn_larger_input_flattens_feature_map():
+    model = models.vgg19_bn(num_classes=200, input_shape=(64, 64, 3))
+    assert model.get_layer("predictions").kernel.shape == (2048, 200)
+
+
+@pytest.mark.parametrize("input_shape", [(31, 32, 3), (32, 16, 3)])
+def test_vgg19_bn_input_below_32_raises(input_shape):
+    with pytest.raises(ValueError, match="Expected height and width >= 32"):
+        models.vgg19_bn(input_shape=input_shape)
+
+
+def test_lenet_300_100_has_classic_prunable_count():
+    model = models.lenet_300_100()
+    assert num_prunable(model) == 266_200
+    assert conv_and_dense_names(model) == ["dense1", "dense2", "predictions"]
+    outputs = model(np.zeros((3, 28, 28, 1), "float32"))
+    assert tuple(outputs.shape) == (3, 10)
+
+
+def test_lenet_300_100_accepts_flat_input():
+    model = models.lenet_300_100(num_classes=2, input_shape=(64,))
+    assert num_prunable(model) == 64 * 300 + 300 * 100 + 100 * 2
+
+
+@pytest.mark.parametrize(
+    "input_shape, expected_prunable",
+    [((28, 28, 1), 20_432), ((8, 8, 1), 6_032), ((4, 4, 1), 5_072)],
+)
+def test_small_cnn_fits_a_microcontroller(input_shape, expected_prunable):
+    model = models.small_cnn(input_shape=input_shape)
+    assert num_prunable(model) == expected_prunable
+    # Full-int8 TFLite stores ~1 byte per weight plus overhead: < 40k params
+    # keeps the flatbuffer well under 64 KB.
+    assert model.count_params() < 40_000
+    outputs = model(np.zeros((2, *input_shape), "float32"), training=False)
+    assert tuple(outputs.shape) == (2, 10)
+
+
+def test_small_cnn_input_below_4_raises():
+    with pytest.raises(ValueError, match="Expected height and width >= 4"):
+        models.small_cnn(input_shape=(3, 8, 1))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [models.resnet, models.vgg19_bn, models.lenet_300_100, models.small_cnn],
+    ids=["resnet", "vgg19_bn", "lenet_300_100", "small_cnn"],
+)
+def test_models_conv_and_dense_names_are_unique(build):
+    kwargs = {"depth": 8} if build is models.resnet else {}
+    names = conv_and_dense_names(build(**kwargs))
+    assert names and len(names) == len(set(names))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [models.resnet, models.vgg19_bn, models.lenet_300_100, models.small_cnn],
+    ids=["resnet", "vgg19_bn", "lenet_300_100", "small_cnn"],
+)
+@pytest.mark.parametrize("num_classes", [1, 0, 2.0, True, None])
+def test_models_num_classes_below_2_raises(build, num_classes):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"argument `num_classes`. Expected an int >= 2. "
+            rf"Received: num_classes={num_classes!r}"
+        ),
+    ):
+        build(num_classes=num_classes)
+
+
+def test_models_num_classes_2_is_accepted():
+    assert models.small_cnn(num_classes=2).output_shape == (None, 2)
+
+
+@pytest.mark.parametrize(
+    "input_shape",
+    [(32, 32), (32, 32, 3, 1), (0, 32, 3), (32, -1, 3), (32.0, 32, 3), "32x32", None],
+)
+@pytest.mark.parametrize(
+    "build",
+    [models.resnet, models.vgg19_bn, models.small_cnn],
+    ids=["resnet", "vgg19_bn", "small_cnn"],
+)
+def test_models_bad_input_shape_raises(build, input_shape):
+    with pytest.raises(
+        ValueError,
+        match=r"argument `input_shape`. Expected a tuple \(height, width, channels\)",
+    ):
+        build(input_shape=input_shape)
+
+
+@pytest.mark.parametrize("input_shape", [(), (28, 0), [28, -28], None])
+def test_lenet_300_100_bad_input_shape_raises(input_shape):
+    with pytest.raises(ValueError, match="Expected a non-empty tuple of positive"):
+        models.lenet_300_100(input_shape=input_shape)
