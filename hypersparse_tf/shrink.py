@@ -1,0 +1,540 @@
+"""Removing the units and channels of a model that carry nothing.
+
+TFLite Micro has no sparse kernels: a 99%-sparse model runs as slowly and needs
+as much memory on a board as the dense one, unless whole units and channels go.
+`shrink` finds the units of `Dense` layers and the channels of convolutions that
+can go without changing the model's outputs, and builds the smaller dense model.
+
+A channel is removed where every layer that reads it either ignores it (its
+weights for that channel are all zero) or sees a constant there that it can
+absorb: a channel whose incoming weights are all zero carries the constant
+`activation(bias)`, passed on through BatchNorm, activations and pooling. A
+constant 0 is dropped everywhere; another constant is folded into the bias of a
+`Dense` layer, or of a convolution with `padding="valid"` (with `"same"`
+padding, the border outputs would change, so the channel stays).
+
+Channels are tracked through `Dense`, `Conv1D/2D/3D`, `BatchNormalization`,
+element-wise activations, dropout and noise layers, pooling, `Flatten` and the
+merge layers `Add`, `Subtract`, `Average`, `Maximum`, `Minimum` (residual
+connections: the channels of all merged tensors go or stay together). The
+channels next to any other layer, and those of the model's inputs and outputs,
+stay: what `shrink` does not understand, it leaves alone.
+"""
+
+import math
+
+import keras
+import numpy as np
+
+from hypersparse_tf import prunable
+
+_DENSE = (keras.layers.Dense,)
+_CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+
+# Element-wise activation functions: a constant channel stays constant, and
+# removing a channel leaves the others unchanged (unlike softmax).
+_ELEMENTWISE_ACTIVATIONS = (
+    "linear",
+    "relu",
+    "relu6",
+    "leaky_relu",
+    "elu",
+    "selu",
+    "gelu",
+    "silu",
+    "swish",
+    "mish",
+    "sigmoid",
+    "hard_sigmoid",
+    "hard_silu",
+    "hard_swish",
+    "tanh",
+    "softplus",
+    "softsign",
+    "exponential",
+)
+_ACTIVATION_LAYERS = (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU)
+
+# Layers that map a spatially constant channel to the same constant at
+# inference and never mix channels.
+_CONSTANT_PRESERVING = (
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.SpatialDropout3D,
+    keras.layers.GaussianDropout,
+    keras.layers.GaussianNoise,
+    keras.layers.AlphaDropout,
+    keras.layers.ActivityRegularization,
+    keras.layers.Identity,
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.MaxPooling3D,
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.AveragePooling3D,
+    keras.layers.GlobalMaxPooling1D,
+    keras.layers.GlobalMaxPooling2D,
+    keras.layers.GlobalMaxPooling3D,
+    keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalAveragePooling3D,
+)
+_MERGES = {
+    keras.layers.Add: lambda values: np.sum(values, axis=0),
+    keras.layers.Subtract: lambda values: values[0] - values[1],
+    keras.layers.Average: lambda values: np.mean(values, axis=0),
+    keras.layers.Maximum: lambda values: np.max(values, axis=0),
+    keras.layers.Minimum: lambda values: np.min(values, axis=0),
+}
+# Config keys dropped from every layer of the shrunk model: it is made for
+# inference and export, and a kernel constraint such as a fixed mask would no
+# longer fit the smaller kernel.
+_TRAINING_ONLY_KEYS = (
+    "kernel_regularizer",
+    "bias_regularizer",
+    "activity_regularizer",
+    "kernel_constraint",
+    "bias_constraint",
+    "beta_regularizer",
+    "gamma_regularizer",
+    "beta_constraint",
+    "gamma_constraint",
+)
+
+
+def _activation_name(function):
+    for name in _ELEMENTWISE_ACTIVATIONS:
+        if getattr(keras.activations, name, None) is function:
+            return name
+    return None
+
+
+def _channels_last(layer):
+    return getattr(layer, "data_format", "channels_last") in (None, "channels_last")
+
+
+def _is_producer(layer):
+    """A Dense or Conv layer whose output channels `shrink` may remove."""
+    if type(layer) not in _DENSE + _CONV:
+        return False
+    if getattr(layer, "lora_enabled", False):
+        return False
+    if getattr(layer, "quantization_mode", None) is not None:
+        return False
+    if type(layer) in _CONV and (not _channels_last(layer) or layer.groups != 1):
+        return False
+    return True
+
+
+def _kind(layer, inputs, outputs):
+    """How `shrink` treats one layer call; `None` for "leave alone"."""
+    if not isinstance(layer, keras.layers.Layer) or len(outputs) != 1:
+        return None
+    if _is_producer(layer):
+        return "producer" if len(inputs) == 1 else None
+    if type(layer) in _MERGES:
+        shapes = {tuple(tensor.shape) for tensor in inputs}
+        return "merge" if len(shapes) == 1 else None
+    if len(inputs) != 1:
+        return None
+    if type(layer) is keras.layers.BatchNormalization:
+        rank = len(inputs[0].shape)
+        return "batchnorm" if layer.axis in (-1, rank - 1) else None
+    if type(layer) is keras.layers.Activation:
+        return "activation" if _activation_name(layer.activation) else None
+    if type(layer) in _ACTIVATION_LAYERS:
+        return "activation"
+    if type(layer) in _CONSTANT_PRESERVING and _channels_last(layer):
+        return "preserving"
+    if type(layer) is keras.layers.Flatten and _channels_last(layer):
+        known = all(dim is not None for dim in inputs[0].shape[1:])
+        return "flatten" if known else None
+    return None
+
+
+def _functional(model):
+    if isinstance(model, keras.Sequential):
+        functional = model._functional
+        if functional is None:
+            raise ValueError(
+                "Invalid value for argument `model`: the Sequential model has no "
+                "known input shape. Start it with `keras.Input(shape)`. "
+                f"Received: model={model.name!r}"
+            )
+        return functional
+    if isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth"):
+        return model
+    raise TypeError(
+        "Invalid value for argument `model`. Expected a Keras 3 Sequential or "
+        f"functional model. Received: model={model!r} of type "
+        f"{type(model).__name__}"
+    )
+
+
+def _nodes(functional):
+    """The layer calls of a functional model, inputs before their consumers."""
+    nodes = []
+    for depth in sorted(functional._nodes_by_depth, reverse=True):
+        for node in functional._nodes_by_depth[depth]:
+            if node.operation is not None and not node.is_input:
+                nodes.append(node)
+    return nodes
+
+
+class _Graph:
+    """Channel groups of a functional model.
+
+    A group is a set of channels that go or stay together: the output channels
+    of one or more producers (several when merged by `Add`), followed through
+    channel-wise layers. Each tensor belongs to one group; a tensor made by
+    `Flatten` holds its group's channels `repeat` times, channel `j` of the
+    group at the flat positions `p * size + j`.
+    """
+
+    def __init__(self, model):
+        functional = _functional(model)
+        self.nodes = _nodes(functional)
+        calls = {}
+        for node in self.nodes:
+            calls[id(node.operation)] = calls.get(id(node.operation), 0) + 1
+        self.parent = []
+        self.size = []
+        self.fixed = []
+        self.tensor = {}  # id(KerasTensor) -> (group, repeat)
+        self.kind = []  # per node
+        for tensor in functional.inputs:
+            self.tensor[id(tensor)] = (self._new_group(tensor, fixed=True), 1)
+        for node in self.nodes:
+            inputs = list(node.input_tensors)
+            outputs = list(node.output_tensors)
+            kind = None
+            if calls[id(node.operation)] == 1 and all(
+                id(tensor) in self.tensor for tensor in inputs
+            ):
+                kind = _kind(node.operation, inputs, outputs)
+            self.kind.append(kind)
+            self._add(node.operation, kind, inputs, outputs)
+        for tensor in functional.outputs:
+            self.fixed[self.group(tensor)] = True
+
+    def _new_group(self, tensor, fixed=False):
+        self.parent.append(len(self.parent))
+        self.size.append(int(tensor.shape[-1]))
+        self.fixed.append(fixed)
+        return len(self.parent) - 1
+
+    def find(self, group):
+        while self.parent[group] != group:
+            self.parent[group] = self.parent[self.parent[group]]
+            group = self.parent[group]
+        return group
+
+    def group(self, tensor):
+        return self.find(self.tensor[id(tensor)][0])
+
+    def repeat(self, tensor):
+        return self.tensor[id(tensor)][1]
+
+    def _union(self, first, second):
+        first, second = self.find(first), self.find(second)
+        if first != second:
+            self.parent[second] = first
+            self.fixed[first] = self.fixed[first] or self.fixed[second]
+
+    def _add(self, layer, kind, inputs, outputs):
+        if kind is None:
+            for tensor in inputs:
+                if id(tensor) in self.tensor:
+                    self.fixed[self.group(tensor)] = True
+            for tensor in outputs:
+                self.tensor[id(tensor)] = (self._new_group(tensor, fixed=True), 1)
+        elif kind == "producer":
+            elementwise = _activation_name(layer.activation) is not None
+            group = self._new_group(outputs[0], fixed=not elementwise)
+            self.tensor[id(outputs[0])] = (group, 1)
+        elif kind == "merge":
+            layouts = {(self.size[self.group(t)], self.repeat(t)) for t in inputs}
+            if len(layouts) != 1:
+                self.kind[-1] = None
+                self._add(layer, None, inputs, outputs)
+                return
+            for tensor in inputs[1:]:
+                self._union(self.group(inputs[0]), self.group(tensor))
+            self.tensor[id(outputs[0])] = self.tensor[id(inputs[0])]
+        elif kind == "flatten":
+            group, repeat = self.tensor[id(inputs[0])]
+            spatial = math.prod(int(dim) for dim in inputs[0].shape[1:-1])
+            self.tensor[id(outputs[0])] = (group, repeat * spatial)
+        else:
+            self.tensor[id(outputs[0])] = self.tensor[id(inputs[0])]
+
+
+def _weights(layer):
+    return {prunable.weight_name(w): np.array(w.numpy()) for w in layer.weights}
+
+
+def _kernel_rows_zero(kernel):
+    """Per input channel (axis -2 of a kernel): whether all its weights are 0."""
+    axes = tuple(i for i in range(kernel.ndim) if i != kernel.ndim - 2)
+    return ~np.any(kernel != 0, axis=axes)
+
+
+def _kernel_row_sums(kernel):
+    """Per input channel: its weights summed over the kernel's window."""
+    return kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1]).sum(axis=0)
+
+
+def _can_fold(layer):
+    """Whether a constant input channel of `layer` folds exactly into its bias."""
+    return type(layer) in _DENSE or layer.padding == "valid"
+
+
+class _Shrinker:
+    def __init__(self, model):
+        self.graph = _Graph(model)
+        self.state = {}  # layer name -> {weight name: array}
+        self.units = {}  # layer name -> new number of output channels
+        self.use_bias = {}  # layer name -> True where a bias had to be added
+        for node, kind in zip(self.graph.nodes, self.graph.kind, strict=True):
+            if kind in ("producer", "batchnorm"):
+                self.state[node.operation.name] = _weights(node.operation)
+
+    def _bias(self, layer):
+        weights = self.state[layer.name]
+        if "bias" not in weights:
+            weights["bias"] = np.zeros(weights["kernel"].shape[-1], np.float32)
+            self.use_bias[layer.name] = True
+        return weights["bias"]
+
+    def constants(self):
+        """Per tensor: (is constant, value) for each of its flat channels."""
+        constant = {}
+        graph = self.graph
+        for node, kind in zip(graph.nodes, graph.kind, strict=True):
+            layer = node.operation
+            inputs = list(node.input_tensors)
+            if kind is None:
+                continue
+            output = node.output_tensors[0]
+            if kind == "producer":
+                weights = self.state[layer.name]
+                kernel = weights["kernel"]
+                dead = ~np.any(kernel.reshape(-1, kernel.shape[-1]) != 0, axis=0)
+                bias = weights.get("bias", np.zeros(kernel.shape[-1], np.float32))
+                value = keras.ops.convert_to_numpy(layer.activation(bias[None]))[0]
+                constant[id(output)] = (dead, value)
+                continue
+            known = [constant.get(id(tensor)) for tensor in inputs]
+            if any(item is None for item in known):
+                continue
+            masks = [mask for mask, _ in known]
+            values = [value for _, value in known]
+            if kind == "merge":
+                mask = np.logical_and.reduce(masks)
+                value = _MERGES[type(layer)](np.stack(values))
+            elif kind == "flatten":
+                spatial = graph.repeat(output) // graph.repeat(inputs[0])
+                mask, value = np.tile(masks[0], spatial), np.tile(values[0], spatial)
+            elif kind == "batchnorm":
+                mask, value = masks[0], self._batchnorm(layer, values[0])
+            elif kind == "activation":
+                mask = masks[0]
+                value = keras.ops.convert_to_numpy(layer(values[0][None]))[0]
+            else:
+                mask, value = masks[0], values[0]
+            constant[id(output)] = (mask, np.asarray(value, np.float32))
+        return constant
+
+    def _batchnorm(self, layer, value):
+        weights = self.state[layer.name]
+        scale = weights.get("gamma", 1.0) / np.sqrt(
+            weights["moving_variance"] + layer.epsilon
+        )
+        return (value - weights["moving_mean"]) * scale + weights.get("beta", 0.0)
+
+    def _edges(self):
+        """(tensor, consuming producer layer) for every read of a channel."""
+        for node, kind in zip(self.graph.nodes, self.graph.kind, strict=True):
+            if kind == "producer":
+                yield node.input_tensors[0], node.operation
+
+    def removable(self, constant):
+        """Per free group: a bool array, True for channels that can go."""
+        graph = self.graph
+        result = {}
+        for tensor, layer in self._edges():
+            group = graph.group(tensor)
+            if graph.fixed[group]:
+                continue
+            size, repeat = graph.size[group], graph.repeat(tensor)
+            kernel = self.state[layer.name]["kernel"]
+            ok = _kernel_rows_zero(kernel)
+            if id(tensor) in constant:
+                mask, value = constant[id(tensor)]
+                foldable = _can_fold(layer) | (value == 0)
+                ok = ok | (mask & foldable)
+            ok = np.all(ok.reshape(repeat, size), axis=0)
+            result[group] = result.get(group, True) & ok
+        for ok in result.values():
+            if ok.all():  # A layer needs at least one unit: keep the first.
+                ok[0] = False
+        return {group: ok for group, ok in result.items() if ok.any()}
+
+    def remove(self, removable, constant):
+        graph = self.graph
+        for tensor, layer in self._edges():
+            group = graph.group(tensor)
+            if group not in removable:
+                continue
+            gone = np.tile(removable[group], graph.repeat(tensor))
+            weights = self.state[layer.name]
+            kernel = weights["kernel"]
+            if id(tensor) in constant:
+                mask, value = constant[id(tensor)]
+                fold = gone & mask & (value != 0) & ~_kernel_rows_zero(kernel)
+                if fold.any():
+                    sums = _kernel_row_sums(kernel)[fold]
+                    self._bias(layer)[...] += value[fold] @ sums
+            weights["kernel"] = np.compress(~gone, kernel, axis=-2)
+        for node, kind in zip(graph.nodes, graph.kind, strict=True):
+            if kind not in ("producer", "batchnorm"):
+                continue
+            output = node.output_tensors[0]
+            group = graph.group(output)
+            if group not in removable:
+                continue
+            keep = ~np.tile(removable[group], graph.repeat(output))
+            weights = self.state[node.operation.name]
+            for name, value in weights.items():
+                weights[name] = np.compress(keep, value, axis=-1)
+            if kind == "producer":
+                self.units[node.operation.name] = int(keep.sum())
+        for group, gone in removable.items():
+            graph.size[group] -= int(gone.sum())
+
+    def run(self):
+        while True:
+            constant = self.constants()
+            removable = self.removable(constant)
+            if not removable:
+                return
+            self.remove(removable, constant)
+
+
+def _clone_function(shrinker):
+    def clone(layer):
+        config = layer.get_config()
+        for key in _TRAINING_ONLY_KEYS:
+            if key in config:
+                config[key] = None
+        if layer.name in shrinker.units:
+            key = "units" if type(layer) in _DENSE else "filters"
+            config[key] = shrinker.units[layer.name]
+        if shrinker.use_bias.get(layer.name):
+            config["use_bias"] = True
+        return layer.__class__.from_config(config)
+
+    return clone
+
+
+def _probe_inputs(model, verify_inputs, seed):
+    rng = np.random.default_rng(seed)
+    probes = []
+    for tensor in model.inputs:
+        shape = [4] + [8 if dim is None else int(dim) for dim in tensor.shape[1:]]
+        probes.append(rng.standard_normal(shape).astype(tensor.dtype))
+    batches = [probes]
+    if verify_inputs is not None:
+        given = (
+            verify_inputs
+            if isinstance(verify_inputs, list | tuple)
+            else [verify_inputs]
+        )
+        batches.append([np.asarray(x) for x in given])
+    return batches
+
+
+def _outputs(model, inputs):
+    outputs = model(inputs if len(inputs) > 1 else inputs[0], training=False)
+    return [keras.ops.convert_to_numpy(y) for y in keras.tree.flatten(outputs)]
+
+
+def shrink(model, verify_inputs=None, atol=1e-5):
+    """Returns a smaller dense copy of `model` with the same outputs.
+
+    Removes the units of `Dense` layers and the channels of `Conv1D/2D/3D`
+    layers that carry nothing: those whose every reader ignores them (all
+    outgoing weights zero), and those whose incoming weights are all zero, so
+    that they hold a constant: 0 after the activation (then they simply go), or
+    another value that a following `Dense` or `padding="valid"` convolution
+    absorbs into its bias. The matching BatchNorm parameters and the input rows
+    of the next layers go with them; removals repeat until nothing more goes.
+    Channels next to layers `shrink` does not know, and the model's inputs and
+    outputs, stay. Where a removal would not be exact, the channel stays.
+
+    Pruning leaves such channels behind at high sparsity; removing them is what
+    makes sparsity pay on a microcontroller, where TFLite Micro runs dense
+    kernels only. The new model is for inference and export: kernel and bias
+    regularizers and constraints (e.g. masks) are not carried over. The input
+    model is not changed.
+
+    Args:
+        model: A built Keras 3 `Sequential` or functional model.
+        verify_inputs: Optional array (or list of arrays, one per model input)
+            of real inputs on which the outputs of the new model are compared
+            with the old one's, in addition to random inputs. Defaults to
+            `None`.
+        atol: Float > 0. Largest accepted difference between the outputs of
+            the two models, relative to the output scale:
+            `max|new - old| <= atol * max(1, max|old|)`. Defaults to `1e-5`.
+
+    Returns:
+        A new `keras.Model` of the same kind (Sequential or functional).
+
+    Raises:
+        TypeError: if `model` is not a Sequential or functional Keras 3 model.
+        RuntimeError: if the outputs of the new model differ by more than
+            `atol` (a bug: please report it).
+
+    Example:
+
+    >>> hypersparse_tf.apply_masks(model, hypersparse_tf.global_magnitude_masks(
+    ...     model, 0.99))
+    >>> small = hypersparse_tf.shrink(model)
+    >>> small.count_params() < model.count_params()
+    True
+    """
+    prunable.check_model(model)
+    if not isinstance(atol, float | int) or isinstance(atol, bool) or not atol > 0:
+        raise ValueError(
+            f"Invalid value for argument `atol`. Expected a float > 0. Received: "
+            f"atol={atol!r}"
+        )
+    shrinker = _Shrinker(model)
+    shrinker.run()
+    new_model = keras.models.clone_model(
+        model, clone_function=_clone_function(shrinker)
+    )
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        new_layer = new_model.get_layer(layer.name)
+        if layer.name in shrinker.state:
+            weights = shrinker.state[layer.name]
+            for variable in new_layer.weights:
+                variable.assign(weights[prunable.weight_name(variable)])
+        else:
+            new_layer.set_weights(layer.get_weights())
+    for inputs in _probe_inputs(model, verify_inputs, seed=0):
+        old_outputs = _outputs(model, inputs)
+        for old, new in zip(old_outputs, _outputs(new_model, inputs), strict=True):
+            error = float(np.max(np.abs(new - old))) if old.size else 0.0
+            limit = atol * max(1.0, float(np.max(np.abs(old))) if old.size else 0.0)
+            if not error <= limit:
+                raise RuntimeError(
+                    f"shrink({model.name!r}) changed the model's outputs by "
+                    f"{error:.3g} (> {limit:.3g}). This is a bug in "
+                    "hypersparse_tf.shrink: please report it with the model."
+                )
+    return new_model
