@@ -3,6 +3,7 @@
 Importing this package never imports tensorflow-model-optimization or tf_keras.
 """
 
+from hypersparse_tf.art import ART
 from hypersparse_tf.masks import apply_masks
 from hypersparse_tf.masks import global_magnitude_masks
 from hypersparse_tf.masks import sparsity
@@ -18,6 +19,7 @@ from hypersparse_tf.regularizers import attached_weights
 __version__ = "0.1.0"
 
 __all__ = [
+    "ART",
     "AdaptiveL1",
     "AdaptiveL2",
     "HyperSparse",

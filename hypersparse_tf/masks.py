@@ -139,7 +139,16 @@ def apply_masks(model, masks, predicate=None):
         ValueError: if a mask is missing, names no prunable weight, or has the
             wrong shape or values.
     """
-    weights = prunable.prunable_weights(model, predicate)
+    assign_masked(prunable.prunable_weights(model, predicate), masks)
+
+
+def assign_masked(weights, masks):
+    """Zeroes the entries of `weights` outside `masks`, after checking all.
+
+    Args:
+        weights: Dict `{key: variable}`.
+        masks: Dict `{key: bool array}` with exactly the keys of `weights`.
+    """
     checked = check_masks(weights, masks)
     for key, weight in weights.items():
         value = np.asarray(weight.numpy())

@@ -1,0 +1,752 @@
+"""Adaptive Regularized Training (ART) as one Keras callback.
+
+One `model.fit(..., callbacks=[art])` runs the whole method of the paper's code:
+
+1. warm-up: `warmup_epochs` of dense training, coefficient 0;
+2. ART: in ART epoch `e` the coefficient is `lambda_init * eta**e`, the
+   regularizer's statistics are refreshed before every training step, and after
+   each epoch a copy pruned by global magnitude to `prune_rate` is scored on
+   `eval_data` ("pruned accuracy"). A buffer keeps the last `2 * buffer_size + 1`
+   epochs; when its mean pruned accuracy beats the best mean so far, its middle
+   element becomes the best candidate. ART stops when the best mean pruned
+   accuracy exceeds the dense training accuracy of the current epoch;
+3. fine-tuning: the best candidate's weights and mask are restored, the
+   optimizer state is reset, and the model is fine-tuned `finetune_epochs` with
+   the mask enforced in-graph (pruned weights stay exactly 0); the learning rate
+   drops x0.1 at 50% and 75% of fine-tuning;
+4. done: training stops.
+"""
+
+import json
+import math
+import numbers
+import os
+import shutil
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from hypersparse_tf import masks as masks_lib
+from hypersparse_tf import prunable
+from hypersparse_tf import regularizers
+
+PHASES = ("warmup", "art", "finetune", "done")
+_ACCURACY_NAMES = (
+    "accuracy",
+    "acc",
+    "sparse_categorical_accuracy",
+    "categorical_accuracy",
+    "binary_accuracy",
+)
+_EVAL_BATCH_SIZE = 256
+
+
+def _check_int(value, name, minimum):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+    ):
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected an int >= {minimum}. "
+            f"Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def _check_float(value, name, description, valid):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or not valid(value)
+    ):
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected {description}. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def _eval_dataset(eval_data):
+    """Checks `eval_data` and returns it as a batched `tf.data.Dataset`."""
+    if isinstance(eval_data, tf.data.Dataset):
+        if int(eval_data.cardinality()) == 0:
+            raise ValueError(
+                "Invalid value for argument `eval_data`. Expected a non-empty "
+                "dataset of (x, y) batches. Received an empty dataset."
+            )
+        return eval_data
+    if not isinstance(eval_data, (tuple, list)) or len(eval_data) != 2:
+        raise ValueError(
+            "Invalid value for argument `eval_data`. Expected a tf.data.Dataset "
+            "of (x, y) batches or a tuple (x, y) of arrays, the data the pruned "
+            f"accuracy is measured on. Received: eval_data={eval_data!r:.80}"
+        )
+    x, y = eval_data
+    if len(x) == 0 or len(x) != len(y):
+        raise ValueError(
+            "Invalid value for argument `eval_data`. Expected (x, y) with the "
+            f"same number > 0 of samples. Received {len(x)} inputs and {len(y)} "
+            "labels."
+        )
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(_EVAL_BATCH_SIZE)
+
+
+class _MaskConstraint(keras.constraints.Constraint):
+    """Multiplies a kernel by a mask variable after each optimizer update.
+
+    Installed for the whole of training (the mask is all ones until fine-tuning)
+    because the optimizer reads constraints when the train step is traced.
+    """
+
+    def __init__(self, mask, previous=None):
+        self.mask = mask
+        self.previous = previous
+
+    def __call__(self, w):
+        if self.previous is not None:
+            w = self.previous(w)
+        return w * tf.cast(self.mask, w.dtype)
+
+
+def _variable_constraint(variable):
+    return getattr(variable, "constraint", None)
+
+
+def _set_variable_constraint(variable, constraint):
+    if isinstance(variable, keras.Variable):
+        variable.constraint = constraint
+    else:  # tf.Variable (tf_keras): the optimizer reads `var.constraint`.
+        variable._constraint = constraint
+
+
+@keras.saving.register_keras_serializable(package="hypersparse_tf")
+class ART(keras.callbacks.Callback):
+    """Adaptive Regularized Training: warm-up, ART, fine-tuning in one `fit`.
+
+    The callback drives a `HyperSparse`, `AdaptiveL1` or `AdaptiveL2`
+    regularizer attached to the model (see `attach`). Its state survives
+    between `fit` calls: if the epochs run out first, the next `fit` with the
+    same callback continues where it stopped (`phase` says where). Call
+    `reset()` to start over.
+
+    Each epoch it writes `hypersparse_coefficient`, `pruned_accuracy` (NaN
+    outside ART) and `sparsity` (exact zeros among the regularized kernels) into
+    the epoch logs, for the progress bar, `CSVLogger` and `TensorBoard`: list
+    `art` before those callbacks.
+
+    The learning rate is left alone until fine-tuning. There it starts again
+    from the optimizer's learning rate at the start of the first `fit` and drops
+    x0.1 at 50% and 75% of fine-tuning, unless `finetune_schedule` is given or
+    the optimizer's learning rate is a `LearningRateSchedule` (then ART never
+    touches it). With `steps_per_execution > 1` the statistics are refreshed
+    once per execution.
+
+    Args:
+        regularizer: `HyperSparse`, `AdaptiveL1` or `AdaptiveL2`. The
+            regularizer attached to the model's kernels.
+        eval_data: `tf.data.Dataset` of `(x, y)` batches, or a tuple `(x, y)`.
+            The data the pruned accuracy is measured on, in inference mode; the
+            reference uses the training set.
+        warmup_epochs: Int >= 0. Epochs of dense training before ART. Defaults
+            to `60`.
+        lambda_init: Float > 0. Coefficient in the first ART epoch. Defaults
+            to `5e-6`.
+        eta: Float > 1. Growth of the coefficient per ART epoch. Defaults to
+            `1.05`.
+        finetune_epochs: Int >= 0. Epochs of fine-tuning with the mask fixed.
+            Defaults to `160`.
+        buffer_size: Int >= 0. `b`: the buffer holds `2b + 1` epochs. Defaults
+            to `1`.
+        prune_rate: Float in (0, 1) or None. Fraction of the regularized
+            weights to remove. Defaults to `None`: the `HyperSparse`
+            regularizer's own; required for `AdaptiveL1` and `AdaptiveL2`.
+        accuracy_metric: String or None. Name of the training accuracy in the
+            epoch logs. Defaults to `None`: found among the compiled metrics.
+        finetune_schedule: Callable `(finetune_epoch, initial_lr) -> lr` or
+            None. Learning rate of each fine-tuning epoch. Defaults to `None`
+            (x0.1 at 50% and 75%).
+        backup_dir: String or None. If given, the callback's state, the model's
+            weights and the optimizer's state are written there after every
+            epoch, and a `fit` that finds a backup there resumes from it (also
+            alongside `keras.callbacks.BackupAndRestore`). Deleted when `fit`
+            ends normally. Defaults to `None`.
+        verbose: Int. 0: silent; 1: announce phase changes. Defaults to `1`.
+
+    Example:
+
+    >>> reg = hypersparse_tf.HyperSparse(prune_rate=0.9)
+    >>> hypersparse_tf.attach(model, reg)
+    >>> model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+    ...               loss="sparse_categorical_crossentropy",
+    ...               metrics=["accuracy"])
+    >>> art = hypersparse_tf.ART(reg, eval_data=(x_train, y_train))
+    >>> model.fit(x_train, y_train, epochs=1000, callbacks=[art])
+    >>> art.phase
+    'done'
+    """
+
+    def __init__(
+        self,
+        regularizer,
+        eval_data,
+        warmup_epochs=60,
+        lambda_init=5e-6,
+        eta=1.05,
+        finetune_epochs=160,
+        buffer_size=1,
+        prune_rate=None,
+        accuracy_metric=None,
+        finetune_schedule=None,
+        backup_dir=None,
+        verbose=1,
+    ):
+        super().__init__()
+        if not isinstance(regularizer, regularizers.AdaptiveRegularizer):
+            raise TypeError(
+                "Invalid value for argument `regularizer`. Expected a "
+                "HyperSparse, AdaptiveL1 or AdaptiveL2 instance. Received: "
+                f"regularizer={regularizer!r}"
+            )
+        if eval_data is None:
+            raise ValueError(
+                "Invalid value for argument `eval_data`. Expected the data the "
+                "pruned accuracy is measured on, (x, y) or a tf.data.Dataset. "
+                "Received: eval_data=None"
+            )
+        own_rate = getattr(regularizer, "prune_rate", None)
+        if prune_rate is None:
+            if own_rate is None:
+                raise ValueError(
+                    "Invalid value for argument `prune_rate`. Expected a float "
+                    f"in (0, 1): {type(regularizer).__name__} has no prune rate "
+                    "of its own. Received: prune_rate=None"
+                )
+            prune_rate = own_rate
+        prune_rate = prunable.check_prune_rate(prune_rate)
+        if own_rate is not None and prune_rate != own_rate:
+            raise ValueError(
+                "Invalid value for argument `prune_rate`. Expected None or the "
+                f"regularizer's prune_rate={own_rate}. Received: "
+                f"prune_rate={prune_rate}"
+            )
+        if finetune_schedule is not None and not callable(finetune_schedule):
+            raise TypeError(
+                "Invalid value for argument `finetune_schedule`. Expected a "
+                "callable (finetune_epoch, initial_lr) -> lr or None. Received: "
+                f"finetune_schedule={finetune_schedule!r}"
+            )
+        if accuracy_metric is not None and not isinstance(accuracy_metric, str):
+            raise TypeError(
+                "Invalid value for argument `accuracy_metric`. Expected a string "
+                f"or None. Received: accuracy_metric={accuracy_metric!r}"
+            )
+        self.regularizer = regularizer
+        self.eval_data = eval_data
+        self._eval_dataset = _eval_dataset(eval_data)
+        self.warmup_epochs = _check_int(warmup_epochs, "warmup_epochs", 0)
+        self.lambda_init = _check_float(
+            lambda_init, "lambda_init", "a float > 0", lambda v: v > 0
+        )
+        self.eta = _check_float(eta, "eta", "a float > 1", lambda v: v > 1)
+        self.finetune_epochs = _check_int(finetune_epochs, "finetune_epochs", 0)
+        self.buffer_size = _check_int(buffer_size, "buffer_size", 0)
+        self.prune_rate = prune_rate
+        self.accuracy_metric = accuracy_metric
+        self.finetune_schedule = finetune_schedule
+        self.backup_dir = None if backup_dir is None else os.fspath(backup_dir)
+        self.verbose = verbose
+        self._mask_variables = None
+        self._predict = None
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+
+    def reset(self):
+        """Forgets all progress: the next `fit` starts with the warm-up."""
+        self.phase = "warmup" if self.warmup_epochs > 0 else "art"
+        self.epochs_seen = 0
+        self.warmup_epochs_done = 0
+        self.art_epochs_done = 0
+        self.finetune_epochs_done = 0
+        self.termination_epoch = None
+        self.history = []
+        self.masks = None
+        self.best_mean_pruned_accuracy = -math.inf
+        self._buffer = []  # entries: dict(epoch, pruned_accuracy, weights, masks)
+        self._best = None
+        self._initial_lr = None
+        self._weights_to_restore = None
+        self._fit_epoch = 0
+
+    @property
+    def buffer(self):
+        """The last `2b + 1` ART epochs: (epoch, pruned accuracy) pairs."""
+        return [(e["epoch"], e["pruned_accuracy"]) for e in self._buffer]
+
+    @property
+    def best_candidate_epoch(self):
+        """The epoch whose pruned weights fine-tuning starts from, or None."""
+        return None if self._best is None else self._best["epoch"]
+
+    @property
+    def coefficient(self):
+        """The coefficient of the current phase and epoch."""
+        if self.phase == "art":
+            return self.lambda_init * self.eta**self.art_epochs_done
+        return 0.0
+
+    # ------------------------------------------------------------- callbacks
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        self._kernels = regularizers.attached_weights(model, self.regularizer)
+        if not self._kernels:
+            raise ValueError(
+                f"The regularizer {self.regularizer!r} is attached to no weight "
+                f"of model {model.name!r}. Call `hypersparse_tf.attach(model, "
+                "regularizer)` before `fit`."
+            )
+        if getattr(model, "optimizer", None) is None:
+            raise ValueError(f"Model {model.name!r} is not compiled.")
+        self._accuracy_key = self._find_accuracy_key()
+        outputs = model.outputs if getattr(model, "outputs", None) else None
+        if outputs is not None and (len(outputs) != 1 or outputs[0].shape[-1] < 2):
+            raise ValueError(
+                "ART measures the pruned accuracy as the argmax over the classes "
+                "of a single output; model "
+                f"{model.name!r} has outputs {[o.shape for o in outputs]}."
+            )
+        # Every check passed: from here on, the model may change.
+        self.regularizer._bind(list(self._kernels.values()))
+        self._install_mask_constraints()
+        restored = self._restore_backup()
+        if self._initial_lr is None:
+            self._initial_lr = self._current_lr()
+        if self.phase == "finetune":
+            self._load_mask_variables(self.masks)
+        self.regularizer.coefficient.assign(self.coefficient)
+        # Retrace: the regularizer or the mask constraints may be new to the
+        # train step traced by an earlier `fit`.
+        model.make_train_function(force=True)
+        if self.phase == "done":
+            self._say("ART is done; the mask stays enforced.")
+        elif restored:
+            self._say(f"ART resumed from {self.backup_dir}: phase {self.phase!r}.")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._weights_to_restore is not None:
+            weights, optimizer_values = self._weights_to_restore
+            self.model.set_weights(weights)
+            self._set_optimizer_values(optimizer_values)
+            self._weights_to_restore = None
+        self.regularizer.coefficient.assign(self.coefficient)
+        if self.phase == "finetune":
+            self._set_finetune_lr()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.phase == "art":
+            self.regularizer.update_statistics()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        accuracy = self._read_accuracy(logs)
+        phase = self.phase
+        coefficient = self.coefficient
+        pruned_accuracy = math.nan
+        if phase == "art":
+            pruned_accuracy = self._art_epoch_end(accuracy)
+        sparsity = self._sparsity()
+        self.history.append(
+            {
+                "epoch": self.epochs_seen,
+                "phase": phase,
+                "coefficient": coefficient,
+                "accuracy": accuracy,
+                "pruned_accuracy": pruned_accuracy,
+                "sparsity": sparsity,
+            }
+        )
+        logs["hypersparse_coefficient"] = coefficient
+        logs["pruned_accuracy"] = pruned_accuracy
+        logs["sparsity"] = sparsity
+        self.epochs_seen += 1
+        self._fit_epoch = epoch + 1
+        if phase == "warmup":
+            self.warmup_epochs_done += 1
+            if self.warmup_epochs_done >= self.warmup_epochs:
+                self.phase = "art"
+                self._say(f"ART: warm-up done after {self.warmup_epochs} epochs.")
+        elif phase == "finetune":
+            self.finetune_epochs_done += 1
+            if self.finetune_epochs_done >= self.finetune_epochs:
+                self._finish()
+        self._write_backup()
+
+    def on_train_end(self, logs=None):
+        if self.backup_dir is not None and os.path.isdir(self.backup_dir):
+            shutil.rmtree(self.backup_dir)
+            self.model._initial_epoch = None
+
+    # ------------------------------------------------------------ ART epochs
+
+    def _art_epoch_end(self, dense_accuracy):
+        weights = self.model.get_weights()
+        kernel_values = {k: np.asarray(v.numpy()) for k, v in self._kernels.items()}
+        masks = masks_lib.magnitude_masks(kernel_values, self.prune_rate)
+        pruned_accuracy = self._pruned_accuracy(kernel_values, masks)
+        self.record_art_epoch(pruned_accuracy, dense_accuracy, weights, masks)
+        return pruned_accuracy
+
+    def record_art_epoch(self, pruned_accuracy, dense_accuracy, weights, masks):
+        """The buffer and stopping rule after one ART epoch.
+
+        Public so the rule can be checked on hand-fed accuracies. Moves to
+        fine-tuning (restoring the best candidate) when the rule fires.
+
+        Args:
+            pruned_accuracy: Float. Accuracy of the pruned copy.
+            dense_accuracy: Float. Training accuracy of this epoch.
+            weights: List of arrays. The model's weights at this epoch.
+            masks: Dict of bool arrays. The pruned copy's masks.
+        """
+        self._buffer.append(
+            {
+                "epoch": self.epochs_seen,
+                "pruned_accuracy": float(pruned_accuracy),
+                "weights": weights,
+                "masks": masks,
+            }
+        )
+        del self._buffer[: -(2 * self.buffer_size + 1)]
+        mean = float(np.mean([e["pruned_accuracy"] for e in self._buffer]))
+        if mean > self.best_mean_pruned_accuracy:
+            self.best_mean_pruned_accuracy = mean
+            self._best = self._buffer[len(self._buffer) // 2]
+        self.art_epochs_done += 1
+        if self.best_mean_pruned_accuracy > dense_accuracy:
+            self.termination_epoch = self.epochs_seen
+            self._say(
+                f"ART terminated after {self.art_epochs_done} ART epochs: best "
+                f"mean pruned accuracy {self.best_mean_pruned_accuracy:.4f} > "
+                f"dense accuracy {dense_accuracy:.4f}. Fine-tuning from epoch "
+                f"{self._best['epoch']}."
+            )
+            self._start_finetuning()
+
+    def _start_finetuning(self):
+        best = self._best
+        self.model.set_weights(best["weights"])
+        self.masks = best["masks"]
+        masks_lib.assign_masked(self._kernels, self.masks)
+        self._load_mask_variables(self.masks)
+        self._reset_optimizer()
+        self._buffer = []
+        self.phase = "finetune"
+        self.regularizer.coefficient.assign(0.0)
+        if self.finetune_epochs == 0:
+            self._finish()
+
+    def _finish(self):
+        self.phase = "done"
+        self.model.stop_training = True
+        self._say("ART: fine-tuning done.")
+
+    def _pruned_accuracy(self, kernel_values, masks):
+        """Accuracy on `eval_data` of the model pruned with `masks`."""
+        if self._predict is None:
+            model = self.model
+            self._predict = tf.function(
+                lambda x: model(x, training=False), reduce_retracing=True
+            )
+        try:
+            masks_lib.assign_masked(self._kernels, masks)
+            correct = 0
+            total = 0
+            for batch in self._eval_dataset:
+                x, y = batch[0], batch[1]
+                predicted = np.argmax(np.asarray(self._predict(x)), axis=-1)
+                labels = np.asarray(y)
+                if labels.ndim == predicted.ndim + 1 and labels.shape[-1] > 1:
+                    labels = np.argmax(labels, axis=-1)
+                labels = labels.reshape(predicted.shape)
+                correct += int(np.sum(predicted == labels))
+                total += int(predicted.size)
+        finally:
+            for key, weight in self._kernels.items():
+                weight.assign(kernel_values[key])
+        return correct / total
+
+    # ----------------------------------------------------------------- masks
+
+    def _install_mask_constraints(self):
+        if self._mask_variables is not None and all(
+            isinstance(_variable_constraint(w), _MaskConstraint)
+            for w in self._kernels.values()
+        ):
+            return
+        strategy = getattr(self.model, "distribute_strategy", None)
+        strategy = strategy or tf.distribute.get_strategy()
+        self._mask_variables = {}
+        with strategy.scope():
+            for key, weight in self._kernels.items():
+                mask = tf.Variable(
+                    tf.ones(weight.shape, tf.float32),
+                    trainable=False,
+                    name=f"mask_{key.replace('/', '_')}",
+                )
+                self._mask_variables[key] = mask
+                previous = _variable_constraint(weight)
+                if isinstance(previous, _MaskConstraint):
+                    previous = previous.previous
+                _set_variable_constraint(weight, _MaskConstraint(mask, previous))
+
+    def _load_mask_variables(self, masks):
+        for key, variable in self._mask_variables.items():
+            variable.assign(np.asarray(masks[key], np.float32))
+
+    def _sparsity(self):
+        zeros = sum(
+            int(np.size(v) - np.count_nonzero(v))
+            for v in (w.numpy() for w in self._kernels.values())
+        )
+        return zeros / sum(int(np.prod(w.shape)) for w in self._kernels.values())
+
+    # ------------------------------------------------------------- optimizer
+
+    def _inner_optimizer(self):
+        optimizer = self.model.optimizer
+        return getattr(optimizer, "inner_optimizer", optimizer)
+
+    def _lr_is_schedule(self):
+        optimizer = self._inner_optimizer()
+        return isinstance(
+            getattr(optimizer, "_learning_rate", None),
+            keras.optimizers.schedules.LearningRateSchedule,
+        )
+
+    def _current_lr(self):
+        return float(np.asarray(self._inner_optimizer().learning_rate))
+
+    def _set_lr(self, value):
+        if not self._lr_is_schedule():
+            self._inner_optimizer().learning_rate = float(value)
+
+    def _set_finetune_lr(self):
+        epoch = self.finetune_epochs_done
+        if self.finetune_schedule is not None:
+            lr = self.finetune_schedule(epoch, self._initial_lr)
+        else:
+            lr = self._initial_lr
+            lr *= 0.1 if epoch >= math.ceil(0.5 * self.finetune_epochs) else 1.0
+            lr *= 0.1 if epoch >= math.ceil(0.75 * self.finetune_epochs) else 1.0
+        self._set_lr(lr)
+
+    def _reset_optimizer(self):
+        """Zeroes the optimizer's state, as the reference's fresh optimizer."""
+        optimizer = self._inner_optimizer()
+        for variable in optimizer.variables:
+            variable.assign(tf.zeros(variable.shape, variable.dtype))
+        self._set_lr(self._initial_lr)
+
+    def _optimizer_values(self):
+        return [np.asarray(v.numpy()) for v in self.model.optimizer.variables]
+
+    def _set_optimizer_values(self, values):
+        variables = self.model.optimizer.variables
+        if len(values) != len(variables):
+            raise ValueError(
+                f"The backup in {self.backup_dir} holds {len(values)} optimizer "
+                f"variables; the model's optimizer has {len(variables)}."
+            )
+        for variable, value in zip(variables, values, strict=True):
+            variable.assign(value)
+
+    # ------------------------------------------------------------ accuracy
+
+    def _find_accuracy_key(self):
+        if self.accuracy_metric is not None:
+            return self.accuracy_metric
+        config = self.model.get_compile_config() or {}
+        names = []  # (name in the logs, whether it is an accuracy)
+
+        def collect(item):
+            if isinstance(item, str):
+                names.append((item, item in _ACCURACY_NAMES))
+            elif isinstance(item, dict) and "config" in item:
+                name = item["config"].get("name", "")
+                is_accuracy = str(item.get("class_name", "")).endswith("Accuracy")
+                names.append((name, is_accuracy or name.endswith("accuracy")))
+            elif isinstance(item, dict):
+                for value in item.values():
+                    collect(value)
+            elif isinstance(item, (list, tuple)):
+                for value in item:
+                    collect(value)
+
+        collect(config.get("metrics"))
+        collect(config.get("weighted_metrics"))
+        for name, is_accuracy in names:
+            if is_accuracy:
+                return name
+        names = [name for name, _ in names]
+        raise ValueError(
+            f"ART found no accuracy metric among the compiled metrics {names} of "
+            f"model {self.model.name!r}. Compile with metrics=['accuracy'] or "
+            "pass `accuracy_metric=<name in the epoch logs>`."
+        )
+
+    def _read_accuracy(self, logs):
+        if self._accuracy_key not in logs and self.accuracy_metric is None:
+            # Keras may log a compiled metric under another name ("acc").
+            found = [
+                k
+                for k in logs
+                if not k.startswith("val_")
+                and (k in _ACCURACY_NAMES or k.endswith("accuracy"))
+                and k != "pruned_accuracy"
+            ]
+            if len(found) == 1:
+                self._accuracy_key = found[0]
+        if self._accuracy_key in logs:
+            return float(logs[self._accuracy_key])
+        raise KeyError(
+            f"ART reads the training accuracy from the epoch logs under "
+            f"{self._accuracy_key!r}, which holds only {sorted(logs)}. Pass "
+            "`accuracy_metric=` with one of these names."
+        )
+
+    # --------------------------------------------------------------- backup
+
+    def _state(self):
+        return {
+            "phase": self.phase,
+            "epochs_seen": self.epochs_seen,
+            "warmup_epochs_done": self.warmup_epochs_done,
+            "art_epochs_done": self.art_epochs_done,
+            "finetune_epochs_done": self.finetune_epochs_done,
+            "termination_epoch": self.termination_epoch,
+            "history": self.history,
+            "best_mean_pruned_accuracy": self.best_mean_pruned_accuracy,
+            "initial_lr": self._initial_lr,
+            "buffer": [
+                {"epoch": e["epoch"], "pruned_accuracy": e["pruned_accuracy"]}
+                for e in self._buffer
+            ],
+            "best_epoch": self.best_candidate_epoch,
+            "fit_epoch": self._fit_epoch,
+        }
+
+    def _write_backup(self):
+        if self.backup_dir is None:
+            return
+        os.makedirs(self.backup_dir, exist_ok=True)
+        new = os.path.join(self.backup_dir, "state.new")
+        current = os.path.join(self.backup_dir, "state")
+        shutil.rmtree(new, ignore_errors=True)
+        os.makedirs(new)
+        arrays = {}
+        entries = list(self._buffer)
+        if self._best is not None and all(e is not self._best for e in entries):
+            entries.append(self._best)
+        for index, entry in enumerate(entries):
+            for i, w in enumerate(entry["weights"]):
+                arrays[f"entry{index}/weight{i}"] = w
+            for key, mask in entry["masks"].items():
+                arrays[f"entry{index}/mask/{key}"] = mask
+        if self.masks is not None:
+            for key, mask in self.masks.items():
+                arrays[f"masks/{key}"] = mask
+        for i, w in enumerate(self.model.get_weights()):
+            arrays[f"model/weight{i}"] = w
+        for i, v in enumerate(self._optimizer_values()):
+            arrays[f"optimizer/{i}"] = v
+        state = self._state()
+        state["entry_epochs"] = [e["epoch"] for e in entries]
+        np.savez(os.path.join(new, "arrays.npz"), **arrays)
+        with open(os.path.join(new, "state.json"), "w") as f:
+            json.dump(state, f)
+        old = os.path.join(self.backup_dir, "state.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if os.path.isdir(current):
+            os.rename(current, old)
+        os.rename(new, current)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _restore_backup(self):
+        if self.backup_dir is None:
+            return False
+        folder = os.path.join(self.backup_dir, "state")
+        if not os.path.isdir(folder):
+            folder = os.path.join(self.backup_dir, "state.old")
+            if not os.path.isdir(folder):
+                return False
+        with open(os.path.join(folder, "state.json")) as f:
+            state = json.load(f)
+        with np.load(os.path.join(folder, "arrays.npz")) as data:
+            arrays = {name: data[name] for name in data.files}
+        num_weights = len(self.model.weights)
+
+        def entry(index):
+            prefix = f"entry{index}/"
+            return {
+                "epoch": state["entry_epochs"][index],
+                "weights": [arrays[f"{prefix}weight{i}"] for i in range(num_weights)],
+                "masks": {
+                    name[len(prefix) + 5 :]: value
+                    for name, value in arrays.items()
+                    if name.startswith(prefix + "mask/")
+                },
+            }
+
+        entries = [entry(i) for i in range(len(state["entry_epochs"]))]
+        accuracies = {b["epoch"]: b["pruned_accuracy"] for b in state["buffer"]}
+        for e in entries:
+            e["pruned_accuracy"] = accuracies.get(e["epoch"], math.nan)
+        self._buffer = [e for e in entries if e["epoch"] in accuracies]
+        by_epoch = {e["epoch"]: e for e in entries}
+        self._best = by_epoch.get(state["best_epoch"])
+        self.phase = state["phase"]
+        self.epochs_seen = state["epochs_seen"]
+        self.warmup_epochs_done = state["warmup_epochs_done"]
+        self.art_epochs_done = state["art_epochs_done"]
+        self.finetune_epochs_done = state["finetune_epochs_done"]
+        self.termination_epoch = state["termination_epoch"]
+        self.history = state["history"]
+        self.best_mean_pruned_accuracy = state["best_mean_pruned_accuracy"]
+        self._initial_lr = state["initial_lr"]
+        mask_names = [n for n in arrays if n.startswith("masks/")]
+        self.masks = {n[6:]: arrays[n] for n in mask_names} if mask_names else None
+        optimizer = self.model.optimizer
+        if not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        self._weights_to_restore = (
+            [arrays[f"model/weight{i}"] for i in range(num_weights)],
+            [arrays[f"optimizer/{i}"] for i in range(len(optimizer.variables))],
+        )
+        self._fit_epoch = state["fit_epoch"]
+        # What keras.callbacks.BackupAndRestore does: the resumed `fit` starts
+        # at the epoch after the backup.
+        self.model._initial_epoch = self._fit_epoch
+        return True
+
+    # ----------------------------------------------------------------- misc
+
+    def _say(self, message):
+        if self.verbose > 0:
+            print(message)
+
+    def get_config(self):
+        return {
+            "warmup_epochs": self.warmup_epochs,
+            "lambda_init": self.lambda_init,
+            "eta": self.eta,
+            "finetune_epochs": self.finetune_epochs,
+            "buffer_size": self.buffer_size,
+            "prune_rate": self.prune_rate,
+            "accuracy_metric": self.accuracy_metric,
+            "backup_dir": self.backup_dir,
+            "verbose": self.verbose,
+        }

@@ -1,0 +1,60 @@
+"""A small ART set-up on scikit-learn digits, shared by the ART tests."""
+
+import keras
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+import hypersparse_tf
+
+
+def digits():
+    data = load_digits()
+    x = (data.data / 16.0).astype("float32")
+    return train_test_split(
+        x, data.target, test_size=0.2, random_state=0, stratify=data.target
+    )
+
+
+def mlp(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(64, activation="relu", name="d1"),
+            keras.layers.Dense(32, activation="relu", name="d2"),
+            keras.layers.Dense(10, activation="softmax", name="out"),
+        ],
+        name="mlp",
+    )
+
+
+def compiled(model, metrics=("accuracy",)):
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        loss="sparse_categorical_crossentropy",
+        metrics=list(metrics),
+    )
+    return model
+
+
+FAST = dict(warmup_epochs=3, lambda_init=3e-4, eta=1.3, finetune_epochs=4, verbose=0)
+
+
+def art_setup(prune_rate=0.9, regularizer=None, seed=0, **kwargs):
+    """Model, regularizer and ART callback; ART settings default to `FAST`."""
+    x_train, _, y_train, _ = digits()
+    model = compiled(mlp(seed))
+    reg = regularizer or hypersparse_tf.HyperSparse(prune_rate)
+    hypersparse_tf.attach(model, reg)
+    settings = dict(FAST, **kwargs)
+    if not isinstance(reg, hypersparse_tf.HyperSparse):
+        settings.setdefault("prune_rate", prune_rate)
+    art = hypersparse_tf.ART(reg, (x_train, y_train), **settings)
+    return model, reg, art
+
+
+def num_kernel_weights(model):
+    return sum(
+        int(np.prod(w.shape)) for w in hypersparse_tf.prunable_weights(model).values()
+    )
