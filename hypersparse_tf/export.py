@@ -58,8 +58,7 @@ with open(model_path, "rb") as f:
 
 
 def make(arena_size):
-    interpreter = runtime.Interpreter.from_bytes(data, arena_size=arena_size)
-    return interpreter
+    return runtime.Interpreter.from_bytes(data, arena_size=arena_size)
 
 
 if mode == "probe":
@@ -264,7 +263,7 @@ def _count_nonzero(model, tensor, type_names, data):
     return int(np.count_nonzero(values))
 
 
-def _check_micro_flatbuffer(info):
+def _check_micro_flatbuffer(info, subject):
     problems = []
     if "DENSIFY" in info["operators"]:
         problems.append("it contains a DENSIFY op")
@@ -281,8 +280,8 @@ def _check_micro_flatbuffer(info):
             problems.append(f"its {kind} are {dtypes}, not int8")
     if problems:
         raise ValueError(
-            "The converted model cannot go to TFLite Micro, which runs dense "
-            "int8 models of builtin ops only: " + "; ".join(problems) + "."
+            f"{subject} cannot go to TFLite Micro, which runs dense int8 models "
+            "of builtin ops only: " + "; ".join(problems) + "."
         )
 
 
@@ -310,13 +309,17 @@ def _representative_dataset(model, representative_data):
     """A TFLite representative dataset function from an array or a callable."""
     if callable(representative_data):
         return representative_data
-    if len(model.inputs) != 1:
+    inputs = getattr(model, "inputs", None) or [None]
+    if len(inputs) != 1:
         raise ValueError(
             "Invalid value for argument `representative_data`: model "
-            f"{model.name!r} has {len(model.inputs)} inputs. Pass a callable "
+            f"{model.name!r} has {len(inputs)} inputs. Pass a callable "
             "that yields one list of arrays (one per input) per sample."
         )
-    expected = tuple(model.inputs[0].shape[1:])
+    if inputs[0] is None:  # A subclassed model: the converter checks shapes.
+        expected = (None,) * (np.ndim(representative_data) - 1)
+    else:
+        expected = tuple(inputs[0].shape[1:])
     try:
         data = np.asarray(representative_data, np.float32)
     except (TypeError, ValueError) as err:
@@ -476,17 +479,22 @@ def to_tflite(
         converter.inference_output_type = tf.int8
 
     tflite_bytes = _convert(model, target, configure)
-    _check_micro_flatbuffer(inspect_tflite(tflite_bytes))
+    _check_micro_flatbuffer(inspect_tflite(tflite_bytes), "The converted model")
     if verify:
         _verify_micro(tflite_bytes)
     return tflite_bytes
 
 
 def _verify_litert(tflite_bytes, quantization, sparse):
+    """Loads the model in LiteRT and runs it once on zeros."""
+    interpreter_module = _litert_interpreter_module()
     try:
-        run_tflite(tflite_bytes, None)
-    except ImportError:
-        raise
+        interpreter = interpreter_module.Interpreter(model_content=tflite_bytes)
+        interpreter.allocate_tensors()
+        for details in interpreter.get_input_details():
+            zeros = np.zeros(details["shape"], details["dtype"])
+            interpreter.set_tensor(details["index"], zeros)
+        interpreter.invoke()
     except Exception as err:
         hint = ""
         if sparse and quantization == "dynamic_int8":
@@ -603,9 +611,14 @@ def _micro_failure(tflite_bytes, arena_size):
     return err.strip() or f"the TFLite Micro process ended with code {child.returncode}"
 
 
+def _default_arena_size(tflite_bytes):
+    """An arena far larger than any model needs; the host has the memory."""
+    return max(16 * len(tflite_bytes), 64 << 20)
+
+
 def _verify_micro(tflite_bytes):
     _check_tflite_micro()
-    arena_size = max(16 * len(tflite_bytes), 1 << 20)
+    arena_size = _default_arena_size(tflite_bytes)
     failure = _micro_failure(tflite_bytes, arena_size)
     if failure is None:
         return
@@ -635,7 +648,8 @@ def run_micro(tflite_bytes, x, arena_size=None):
             one input and one output.
         x: Float array of shape `(num_samples, *input_shape)`.
         arena_size: Int. Tensor arena in bytes. Defaults to `None`: 16 times
-            the model size, at least 1 MiB.
+            the model size, at least 64 MiB (plenty; see `micro_arena_size` for
+            the real need).
 
     Returns:
         Float32 array of the outputs, one row per sample.
@@ -646,10 +660,11 @@ def run_micro(tflite_bytes, x, arena_size=None):
     _check_tflite_micro()
     tflite_bytes = _check_tflite_bytes(tflite_bytes)
     info = inspect_tflite(tflite_bytes)
+    _check_micro_flatbuffer(info, "Invalid value for argument `tflite_bytes`: it")
     in_details, out_details = _single_io(info, "run_micro")
     x = _check_inputs(x, in_details, "run_micro")
     if arena_size is None:
-        arena_size = max(16 * len(tflite_bytes), 1 << 20)
+        arena_size = _default_arena_size(tflite_bytes)
     arena_size = _check_arena_size(arena_size, "arena_size")
     with tempfile.TemporaryDirectory() as directory:
         paths = [os.path.join(directory, n) for n in ("m.tflite", "x.npy", "y.npy")]
@@ -739,7 +754,9 @@ def micro_arena_size(tflite_bytes, max_arena_size=_MAX_ARENA_SIZE):
     _check_tflite_micro()
     tflite_bytes = _check_tflite_bytes(tflite_bytes)
     max_arena_size = _check_arena_size(max_arena_size, "max_arena_size")
-    num_inputs = len(inspect_tflite(tflite_bytes)["inputs"])
+    info = inspect_tflite(tflite_bytes)
+    _check_micro_flatbuffer(info, "Invalid value for argument `tflite_bytes`: it")
+    num_inputs = len(info["inputs"])
     with tempfile.TemporaryDirectory() as directory:
         model_path = os.path.join(directory, "model.tflite")
         with open(model_path, "wb") as f:

@@ -155,6 +155,14 @@ def test_to_tflite_micro_of_shrunk_model_agrees_with_keras(digits, digits_model)
     assert _agreement(outputs, _keras_outputs(digits_model, x_test)) >= 0.99
 
 
+def test_micro_functions_refuse_a_sparse_mobile_model(digits, digits_model):
+    sparse = export.to_tflite(digits_model, "mobile")
+    with pytest.raises(ValueError, match="DENSIFY op; .* sparse form"):
+        export.run_micro(sparse, digits[2][:4])
+    with pytest.raises(ValueError, match="argument `tflite_bytes`.*DENSIFY"):
+        export.micro_arena_size(sparse)
+
+
 def test_micro_arena_size_is_the_smallest_accepted(micro_model, tmp_path):
     arena_size = export.micro_arena_size(micro_model)
     path = tmp_path / "model.tflite"
@@ -252,6 +260,15 @@ def _tiny_model(activation="relu"):
     return keras.Sequential(
         [keras.Input((8,)), keras.layers.Dense(4, activation=activation)]
     )
+
+
+def test_to_tflite_mobile_verifies_a_model_with_two_inputs():
+    keras.utils.set_random_seed(0)
+    first, second = keras.Input((3,)), keras.Input((5,))
+    merged = keras.layers.Concatenate()([first, second])
+    model = keras.Model([first, second], keras.layers.Dense(2)(merged))
+    info = export.inspect_tflite(export.to_tflite(model, "mobile"))
+    assert sorted(t["shape"][1] for t in info["inputs"]) == [3, 5]
 
 
 def test_to_tflite_rejects_an_unknown_target():
