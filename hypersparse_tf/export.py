@@ -940,6 +940,13 @@ def _gzip_size(data):
 
 
 def _keras_size(model):
+    """Bytes of the `.keras` file of the model alone, without optimizer state."""
+    import keras
+
+    if getattr(model, "optimizer", None) is not None:
+        copy = keras.models.clone_model(model)
+        copy.set_weights(model.get_weights())
+        model = copy
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "model.keras")
         model.save(path)
@@ -955,14 +962,15 @@ def _keras_nonzero(model):
 def deployment_report(model, representative_data, x, y, name=None):
     """Sizes, arena, accuracy and agreement of every artifact of a model.
 
-    Artifacts: the Keras model (`.keras` file), `mobile_float` (float32,
+    Artifacts: the Keras model (`.keras` file without optimizer state, its
+    non-zero parameters counted over all its weights), `mobile_float` (float32,
     dense encoding), `mobile_sparse` (float32, sparse encoding), `micro_int8`
     (full int8) and `micro_int8_shrunk` (full int8 of `shrink(model)`). Each is
     run on `x` in its interpreter.
 
     Args:
-        model: A built Keras 3 classifier with one input and one output
-            (scores or probabilities per class).
+        model: A built Keras 3 Sequential or functional classifier with one
+            input and one output (scores or probabilities per class).
         representative_data: Calibration inputs for the micro models (see
             `to_tflite`).
         x: Float array `(num_samples, *input_shape)`. Evaluation inputs.

@@ -347,7 +347,7 @@ def test_litert_latency_times_every_model(digits_model):
     assert all(0 < seconds < 1 for seconds in latency.values())
 
 
-def test_deployment_report_runs_every_artifact(digits, digits_model):
+def test_deployment_report_runs_every_artifact(digits, digits_model, tmp_path):
     x_train, _, x_test, y_test = digits
     x_eval, y_eval = x_test[:200], y_test[:200]
     report = export.deployment_report(digits_model, x_train[:200], x_eval, y_eval)
@@ -374,6 +374,9 @@ def test_deployment_report_runs_every_artifact(digits, digits_model):
         assert rows[artifact]["arena_bytes"] > 0
     assert rows["micro_int8_shrunk"]["bytes"] < rows["micro_int8"]["bytes"]
     assert rows["keras"]["arena_bytes"] is None
+    digits_model.save(tmp_path / "with_optimizer.keras")
+    with_optimizer = (tmp_path / "with_optimizer.keras").stat().st_size
+    assert rows["keras"]["bytes"] < with_optimizer  # No optimizer state counted.
     markdown = export.report_markdown(report)
     assert markdown.count("\n| ") == 1 + 5  # The header and one row each.
     assert f"| micro_int8 | {rows['micro_int8']['bytes']:,} |" in markdown
