@@ -941,10 +941,9 @@ def _gzip_size(data):
 
 def _keras_size(model):
     """Bytes of the `.keras` file of the model alone, without optimizer state."""
-    import keras
-
     if getattr(model, "optimizer", None) is not None:
-        copy = keras.models.clone_model(model)
+        # A fresh model from the config: `clone_model` would compile it again.
+        copy = model.__class__.from_config(model.get_config())
         copy.set_weights(model.get_weights())
         model = copy
     with tempfile.TemporaryDirectory() as directory:
