@@ -15,6 +15,7 @@ from hypersparse_tf.regularizers import AdaptiveL2
 from hypersparse_tf.regularizers import HyperSparse
 from hypersparse_tf.regularizers import attach
 from hypersparse_tf.regularizers import attached_weights
+from hypersparse_tf.regularizers import register_with_tf_keras
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "global_magnitude_masks",
     "is_prunable_kernel",
     "prunable_weights",
+    "register_with_tf_keras",
     "sparsity",
     "sparsity_report",
 ]

@@ -15,13 +15,20 @@ One `model.fit(..., callbacks=[art])` runs the whole method of the paper's code:
    the mask enforced in-graph (pruned weights stay exactly 0); the learning rate
    drops x0.1 at 50% and 75% of fine-tuning;
 4. done: training stops.
+
+`ART` is a Keras 3 callback. For a tf_keras (Keras 2) model, pass
+`art.for_tf_keras()` to `fit` instead: a `tf_keras.callbacks.Callback` that
+forwards every call to the same `ART` object, so the one object holds the
+state, the history and the masks whichever Keras trains.
 """
 
+import functools
 import json
 import math
 import numbers
 import os
 import shutil
+import sys
 
 import keras
 import numpy as np
@@ -111,6 +118,13 @@ class _MaskConstraint(keras.constraints.Constraint):
         return w * tf.cast(self.mask, w.dtype)
 
 
+def _optimizer_variables(optimizer):
+    """The variables of a Keras 3 or tf_keras optimizer, as a list."""
+    variables = optimizer.variables
+    # A method in tf_keras's legacy optimizers, a callable list in its others.
+    return list(variables() if callable(variables) else variables)
+
+
 def _variable_constraint(variable):
     return getattr(variable, "constraint", None)
 
@@ -120,6 +134,70 @@ def _set_variable_constraint(variable, constraint):
         variable.constraint = constraint
     else:  # tf.Variable (tf_keras): the optimizer reads `var.constraint`.
         variable._constraint = constraint
+
+
+class _ResumeAt:
+    """Tells a tf_keras `fit` the epoch to start at, as tf_keras's own
+    `BackupAndRestore` does through `model._training_state`."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def maybe_load_initial_counters_from_ckpt(
+        self, steps_per_epoch, initial_epoch, mode=None
+    ):
+        return self.epoch, 0
+
+
+@functools.cache
+def _tf_keras_callback_class():
+    """The tf_keras Callback that forwards to an `ART`; built on first use."""
+    import tf_keras
+
+    class ARTForTfKeras(tf_keras.callbacks.Callback):
+        """A tf_keras callback that runs an `ART` object (see `ART.for_tf_keras`).
+
+        Args:
+            art: `ART`. The callback whose logic and state are used.
+        """
+
+        def __init__(self, art):
+            super().__init__()
+            self.art = art
+
+        def set_model(self, model):
+            super().set_model(model)
+            self.art.set_model(model)
+
+        def set_params(self, params):
+            super().set_params(params)
+            self.art.set_params(params)
+
+        def on_train_begin(self, logs=None):
+            if not prunable.is_tf_keras(self.model):
+                raise TypeError(
+                    "`ART.for_tf_keras()` is for tf_keras models; model "
+                    f"{self.model.name!r} is a Keras 3 model: pass the `ART` "
+                    "object itself to its `fit`."
+                )
+            self.art.on_train_begin(logs)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.art.on_epoch_begin(epoch, logs)
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.art.on_train_batch_begin(batch, logs)
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.art.on_epoch_end(epoch, logs)
+
+        def on_train_end(self, logs=None):
+            self.art.on_train_end(logs)
+
+        def get_config(self):
+            return self.art.get_config()
+
+    return ARTForTfKeras
 
 
 @keras.saving.register_keras_serializable(package="hypersparse_tf")
@@ -136,6 +214,10 @@ class ART(keras.callbacks.Callback):
     outside ART) and `sparsity` (exact zeros among the regularized kernels) into
     the epoch logs, for the progress bar, `CSVLogger` and `TensorBoard`: list
     `art` before those callbacks.
+
+    For a tf_keras (Keras 2) model, e.g. one to hand to
+    tensorflow-model-optimization, pass `art.for_tf_keras()` to `fit` in place
+    of `art`; everything else is the same.
 
     The learning rate is left alone until fine-tuning. There it starts again
     from the optimizer's learning rate at the start of the first `fit` and drops
@@ -171,8 +253,8 @@ class ART(keras.callbacks.Callback):
         backup_dir: String or None. If given, the callback's state, the model's
             weights and the optimizer's state are written there after every
             epoch, and a `fit` that finds a backup there resumes from it (also
-            alongside `keras.callbacks.BackupAndRestore`). Deleted when `fit`
-            ends normally. Defaults to `None`.
+            alongside `keras.callbacks.BackupAndRestore` or tf_keras's).
+            Deleted when `fit` ends normally. Defaults to `None`.
         verbose: Int. 0: silent; 1: announce phase changes. Defaults to `1`.
 
     Example:
@@ -260,7 +342,39 @@ class ART(keras.callbacks.Callback):
         self.verbose = verbose
         self._mask_variables = None
         self._predict = None
+        self._tf_keras_callback = None
         self.reset()
+
+    def for_tf_keras(self):
+        """This callback in a form a tf_keras (Keras 2) `fit` accepts.
+
+        A tf_keras `fit` takes only `tf_keras.callbacks.Callback` objects. The
+        object returned forwards every call to this `ART`, so `art.phase`,
+        `art.history` and `art.masks` are read here as usual. Imports tf_keras;
+        the same object is returned on every call.
+
+        Returns:
+            A `tf_keras.callbacks.Callback`.
+
+        Example:
+
+        >>> art = hypersparse_tf.ART(reg, eval_data=(x_train, y_train))
+        >>> tf_keras_model.fit(x_train, y_train, epochs=1000,
+        ...                    callbacks=[art.for_tf_keras()])
+        >>> art.masks  # the fine-tuning mask
+        """
+        if self._tf_keras_callback is None:
+            regularizers.register_with_tf_keras()
+            self._tf_keras_callback = _tf_keras_callback_class()(self)
+        return self._tf_keras_callback
+
+    def _implements_train_batch_hooks(self):
+        # tf_keras's CallbackList calls this on every callback it is given (a
+        # Keras 3 callback has no such method): say what to do instead.
+        raise TypeError(
+            "hypersparse_tf.ART is a Keras 3 callback and this `fit` is tf_keras's "
+            "(Keras 2). Pass `art.for_tf_keras()` in `callbacks` instead of `art`."
+        )
 
     # ------------------------------------------------------------------ state
 
@@ -386,9 +500,13 @@ class ART(keras.callbacks.Callback):
         self._write_backup()
 
     def on_train_end(self, logs=None):
+        if prunable.is_tf_keras(self.model):
+            if isinstance(getattr(self.model, "_training_state", None), _ResumeAt):
+                self.model._training_state = None
         if self.backup_dir is not None and os.path.isdir(self.backup_dir):
             shutil.rmtree(self.backup_dir)
-            self.model._initial_epoch = None
+            if not prunable.is_tf_keras(self.model):
+                self.model._initial_epoch = None
 
     # ------------------------------------------------------------ ART epochs
 
@@ -522,10 +640,15 @@ class ART(keras.callbacks.Callback):
 
     def _lr_is_schedule(self):
         optimizer = self._inner_optimizer()
-        return isinstance(
-            getattr(optimizer, "_learning_rate", None),
-            keras.optimizers.schedules.LearningRateSchedule,
-        )
+        schedules = [keras.optimizers.schedules.LearningRateSchedule]
+        learning_rate = getattr(optimizer, "_learning_rate", None)
+        if prunable.is_tf_keras(self.model):
+            schedules.append(
+                sys.modules["tf_keras"].optimizers.schedules.LearningRateSchedule
+            )
+            if learning_rate is None:  # a legacy tf_keras optimizer (OptimizerV2)
+                learning_rate = getattr(optimizer, "_hyper", {}).get("learning_rate")
+        return isinstance(learning_rate, tuple(schedules))
 
     def _current_lr(self):
         return float(np.asarray(self._inner_optimizer().learning_rate))
@@ -546,16 +669,31 @@ class ART(keras.callbacks.Callback):
 
     def _reset_optimizer(self):
         """Zeroes the optimizer's state, as the reference's fresh optimizer."""
-        optimizer = self._inner_optimizer()
-        for variable in optimizer.variables:
+        for variable in _optimizer_variables(self._inner_optimizer()):
             variable.assign(tf.zeros(variable.shape, variable.dtype))
         self._set_lr(self._initial_lr)
 
     def _optimizer_values(self):
-        return [np.asarray(v.numpy()) for v in self.model.optimizer.variables]
+        return [
+            np.asarray(v.numpy()) for v in _optimizer_variables(self.model.optimizer)
+        ]
+
+    def _build_optimizer(self):
+        """Creates the optimizer's variables if no step has created them yet."""
+        optimizer = self.model.optimizer
+        variables = self.model.trainable_variables
+        if not prunable.is_tf_keras(self.model):
+            if not optimizer.built:
+                optimizer.build(variables)
+        elif hasattr(optimizer, "_create_all_weights"):  # legacy OptimizerV2
+            with self.model.distribute_strategy.scope():
+                optimizer._create_all_weights(variables)
+        else:  # tf_keras's Optimizer: `build` does nothing the second time.
+            with self.model.distribute_strategy.scope():
+                optimizer.build(variables)
 
     def _set_optimizer_values(self, values):
-        variables = self.model.optimizer.variables
+        variables = _optimizer_variables(self.model.optimizer)
         if len(values) != len(variables):
             raise ValueError(
                 f"The backup in {self.backup_dir} holds {len(values)} optimizer "
@@ -719,17 +857,19 @@ class ART(keras.callbacks.Callback):
         self._initial_lr = state["initial_lr"]
         mask_names = [n for n in arrays if n.startswith("masks/")]
         self.masks = {n[6:]: arrays[n] for n in mask_names} if mask_names else None
-        optimizer = self.model.optimizer
-        if not optimizer.built:
-            optimizer.build(self.model.trainable_variables)
+        self._build_optimizer()
+        num_optimizer_values = len(_optimizer_variables(self.model.optimizer))
         self._weights_to_restore = (
             [arrays[f"model/weight{i}"] for i in range(num_weights)],
-            [arrays[f"optimizer/{i}"] for i in range(len(optimizer.variables))],
+            [arrays[f"optimizer/{i}"] for i in range(num_optimizer_values)],
         )
         self._fit_epoch = state["fit_epoch"]
-        # What keras.callbacks.BackupAndRestore does: the resumed `fit` starts
+        # What the Keras BackupAndRestore callbacks do: the resumed `fit` starts
         # at the epoch after the backup.
-        self.model._initial_epoch = self._fit_epoch
+        if not prunable.is_tf_keras(self.model):
+            self.model._initial_epoch = self._fit_epoch
+        elif getattr(self.model, "_training_state", None) is None:
+            self.model._training_state = _ResumeAt(self._fit_epoch)
         return True
 
     # ----------------------------------------------------------------- misc

@@ -7,7 +7,11 @@ sits (nested models, custom layers; a shared layer is counted once). Biases and
 normalization parameters never are. A user predicate can narrow or widen the set.
 
 Each prunable weight is identified by the key `"<layer name>/<weight name>"`, the
-form used by every mask dictionary of this package.
+form used by every mask dictionary of this package. Keys use Keras 3's weight
+names in both Keras flavours, so that masks found on a Keras 3 model fit a
+tf_keras twin with the same layer names: the kernel of a tf_keras
+`DepthwiseConv1D/2D`, which tf_keras names `depthwise_kernel`, has the key
+`"<layer name>/kernel"` as in Keras 3.
 """
 
 import math
@@ -66,8 +70,27 @@ def weight_name(weight):
 
 
 def weight_key(layer, weight):
-    """The key `"<layer name>/<weight name>"` of a weight owned by `layer`."""
-    return f"{layer.name}/{weight_name(weight)}"
+    """The key `"<layer name>/<weight name>"` of a weight owned by `layer`.
+
+    The weight name is Keras 3's in both flavours: a tf_keras DepthwiseConv
+    kernel (`depthwise_kernel`) is keyed `"<layer name>/kernel"`.
+    """
+    name = weight_name(weight)
+    if name == "depthwise_kernel" and _is_tf_keras_depthwise(layer):
+        name = "kernel"
+    return f"{layer.name}/{name}"
+
+
+def _is_tf_keras_depthwise(layer):
+    if not is_tf_keras(layer):
+        return False
+    layers = _tf_keras().layers
+    types = tuple(
+        getattr(layers, name)
+        for name in ("DepthwiseConv1D", "DepthwiseConv2D")
+        if hasattr(layers, name)
+    )
+    return isinstance(layer, types)
 
 
 def is_prunable_kernel(layer, weight):

@@ -15,6 +15,7 @@ reference gradient; summed over all kernels its value is `coefficient * A`.
 
 import math
 import numbers
+import sys
 import uuid
 
 import keras
@@ -54,8 +55,26 @@ def _objects_of_current_load():
     try:
         from keras.src.backend.common import global_state
     except ImportError:  # pragma: no cover - other Keras layouts
+        global_state = None
+    if global_state is not None:
+        objects = global_state.get_global_attribute("shared_objects/id_to_obj_map")
+        if objects is not None:
+            return objects
+    return _objects_of_current_tf_keras_load()
+
+
+def _objects_of_current_tf_keras_load():
+    """The same for a tf_keras `load_model` of a `.keras` file, or None."""
+    if "tf_keras" not in sys.modules:
         return None
-    return global_state.get_global_attribute("shared_objects/id_to_obj_map")
+    try:
+        from tf_keras.src.saving import serialization_lib
+    except ImportError:  # pragma: no cover - other tf_keras layouts
+        return None
+    shared = serialization_lib.SHARED_OBJECTS
+    if not getattr(shared, "enabled", False):
+        return None
+    return shared.id_to_obj_map
 
 
 def _state_variable(value, name):
@@ -275,6 +294,35 @@ class AdaptiveL2(AdaptiveRegularizer):
         return weight * tf.reduce_sum(tf.square(x))
 
 
+def register_with_tf_keras():
+    """Registers the regularizers with tf_keras's serialization.
+
+    Keras 3 knows `HyperSparse`, `AdaptiveL1` and `AdaptiveL2` as soon as
+    `hypersparse_tf` is imported. tf_keras has its own registry, and this
+    package never imports tf_keras by itself: `attach` on a tf_keras model,
+    `ART.for_tf_keras` and `to_tfmot` call this function. Call it yourself
+    before `tf_keras.models.load_model` of a `.keras` file in a process that
+    has done none of these. Calling it again does nothing.
+
+    Returns:
+        Dict `{registered name: class}`, usable as `custom_objects`.
+
+    Example:
+
+    >>> hypersparse_tf.register_with_tf_keras()
+    >>> model = tf_keras.models.load_model("model.keras")
+    """
+    import tf_keras
+
+    registered = {}
+    for cls in (HyperSparse, AdaptiveL1, AdaptiveL2):
+        name = f"hypersparse_tf>{cls.__name__}"
+        if tf_keras.saving.get_registered_object(name) is None:
+            tf_keras.saving.register_keras_serializable(package="hypersparse_tf")(cls)
+        registered[name] = cls
+    return registered
+
+
 def _regularizer_attribute(layer, weight):
     """The layer attribute that serializes the regularizer of `weight`."""
     name = prunable.weight_name(weight)
@@ -315,7 +363,9 @@ def attach(model, regularizer, predicate=None):
     Also sets the layers' `kernel_regularizer` (or `depthwise_regularizer`,
     `pointwise_regularizer`) so that the model saves and loads with it. Layers
     that were given the same instance at construction are left as they are.
-    Nothing is changed when an error is raised.
+    Nothing is changed when an error is raised. On a tf_keras model it also
+    registers the regularizers with tf_keras (see `register_with_tf_keras`);
+    such a model saves and loads as a `.keras` file with one shared instance.
 
     Args:
         model: A built Keras model (Keras 3 or tf_keras).
@@ -352,6 +402,8 @@ def attach(model, regularizer, predicate=None):
                 "the optimizer's `weight_decay` for weight decay), or exclude "
                 "it with `predicate`."
             )
+    if prunable.is_tf_keras(model):
+        register_with_tf_keras()
     for _, layer, weight in entries:
         if _current_regularizer(layer, weight) is not regularizer:
             _set_regularizer(layer, weight, regularizer)
