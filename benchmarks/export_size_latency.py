@@ -12,9 +12,10 @@ in its interpreter (`hypersparse_tf.export`):
   with sparse encoding (LiteRT), the micro int8 model before and after
   `shrink` (TFLite Micro), with the smallest TFLite Micro arena of each;
 - LiteRT latency of mobile float dense vs sparse: median over interleaved runs,
-  batch 1, one thread, default op resolver (XNNPACK on).
+  batch 1, one thread, default op resolver (XNNPACK on), repeated
+  (`--latency_repeats`) to show the spread of the sparse / dense ratio.
 
-Run from the repository root (about 3 minutes on 2 shared CPU cores):
+Run from the repository root (about 3-4 minutes on 2 shared CPU cores):
 
     PYTHONPATH=. python3 benchmarks/export_size_latency.py
 
@@ -67,7 +68,13 @@ _CALIBRATION = flags.DEFINE_integer(
     "calibration_samples", 300, "Training images calibrating the int8 models."
 )
 _LATENCY_RUNS = flags.DEFINE_integer(
-    "latency_runs", 500, "Timed interleaved LiteRT runs per model."
+    "latency_runs", 2000, "Timed interleaved LiteRT runs per model and repeat."
+)
+_LATENCY_REPEATS = flags.DEFINE_integer(
+    "latency_repeats",
+    5,
+    "Latency measurements (fresh interpreters each); the table shows the median "
+    "of their medians and the spread of the sparse / dense ratio.",
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the split, weights and training.")
 _OUTPUT = flags.DEFINE_string(
@@ -126,21 +133,27 @@ def prune_and_finetune(model, sparsity, data, epochs, seed):
     )
 
 
-def measure(model, data, calibration_samples, latency_runs):
+def measure(model, data, calibration_samples, latency_runs, latency_repeats):
     """Deployment report plus LiteRT latency of mobile float dense vs sparse."""
     x_train, _, x_test, y_test = data
     report = export.deployment_report(
         model, x_train[:calibration_samples], x_test, y_test
     )
-    latency = export.litert_latency(
-        {
-            "dense": export.to_tflite(model, "mobile", sparse=False),
-            "sparse": export.to_tflite(model, "mobile", sparse=True),
-        },
-        num_runs=latency_runs,
-    )
-    small = shrink(model)
-    return report, latency, small
+    mobile = {
+        "dense": export.to_tflite(model, "mobile", sparse=False),
+        "sparse": export.to_tflite(model, "mobile", sparse=True),
+    }
+    repeats = [
+        export.litert_latency(mobile, num_runs=latency_runs)
+        for _ in range(latency_repeats)
+    ]
+    ratios = [times["sparse"] / times["dense"] for times in repeats]
+    latency = {
+        name: float(np.median([times[name] for times in repeats])) for name in mobile
+    }
+    latency["ratio"] = float(np.median(ratios))
+    latency["ratio_range"] = (min(ratios), max(ratios))
+    return report, latency, shrink(model)
 
 
 def _units(model):
@@ -152,7 +165,15 @@ def _units(model):
 
 
 def run(
-    model_names, sparsities, steps, epochs, finetune_epochs, calibration, runs, seed
+    model_names,
+    sparsities,
+    steps,
+    epochs,
+    finetune_epochs,
+    calibration,
+    runs,
+    repeats,
+    seed,
 ):
     """Trains each model, prunes it gradually and measures it at `sparsities`."""
     data = load_data(seed)
@@ -167,7 +188,7 @@ def run(
             if step not in sparsities:
                 continue
             start = time.time()
-            report, latency, small = measure(model, data, calibration, runs)
+            report, latency, small = measure(model, data, calibration, runs, repeats)
             results.append(
                 {
                     "model": name,
@@ -213,7 +234,10 @@ def write_markdown(path, results, settings, elapsed):
         "gradually by global magnitude (`global_magnitude_masks`) with "
         "fine-tuning after each step (a baseline, not ART + HyperSparse).",
         "- Sizes in bytes. Latency: LiteRT, batch 1, one thread, default op "
-        "resolver (XNNPACK), median over interleaved runs of dense and sparse. "
+        "resolver (XNNPACK), median over interleaved runs of dense and sparse, "
+        "then the median over repeats; the sparse / dense ratio is the median "
+        "of the per-repeat ratios, with their min-max range (a few microseconds "
+        "on a shared machine: read ratios within that range as equal). "
         "Arena: smallest TFLite Micro tensor arena (bisection, host build). "
         "Agreement: fraction of test images whose argmax equals the Keras "
         "model's. Accuracy on the 397 test images.",
@@ -221,7 +245,8 @@ def write_markdown(path, results, settings, elapsed):
         "## Summary",
         "",
         "| model | sparsity | Keras acc | mobile float | mobile sparse | float "
-        "latency dense | float latency sparse | sparse / dense | micro int8 | arena "
+        "latency dense | float latency sparse | sparse / dense (range) | micro int8 "
+        "| arena "
         "| micro int8 shrunk | arena shrunk | micro shrunk acc / agreement |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -233,7 +258,8 @@ def write_markdown(path, results, settings, elapsed):
             f"{rows['keras']['accuracy']:.2%} | {rows['mobile_float']['bytes']:,} | "
             f"{rows['mobile_sparse']['bytes']:,} | {latency['dense'] * 1e6:.1f} us | "
             f"{latency['sparse'] * 1e6:.1f} us | "
-            f"{latency['sparse'] / latency['dense']:.2f} | "
+            f"{latency['ratio']:.2f} ({latency['ratio_range'][0]:.2f}-"
+            f"{latency['ratio_range'][1]:.2f}) | "
             f"{rows['micro_int8']['bytes']:,} | "
             f"{rows['micro_int8']['arena_bytes']:,} | "
             f"{rows['micro_int8_shrunk']['bytes']:,} | "
@@ -278,6 +304,7 @@ def main(argv):
         _FINETUNE_EPOCHS.value,
         _CALIBRATION.value,
         _LATENCY_RUNS.value,
+        _LATENCY_REPEATS.value,
         _SEED.value,
     )
     settings = (
@@ -285,7 +312,8 @@ def main(argv):
         f"{', '.join(_STEPS.value)} in turn, each followed by "
         f"{_FINETUNE_EPOCHS.value} fine-tuning epochs with the masks fixed (Adam "
         f"1e-3, batch 64), {_CALIBRATION.value} calibration images, "
-        f"{_LATENCY_RUNS.value} timed latency runs per model, seed {_SEED.value}."
+        f"latency: {_LATENCY_REPEATS.value} repeats of {_LATENCY_RUNS.value} timed "
+        f"interleaved runs per model, seed {_SEED.value}."
     )
     write_markdown(_OUTPUT.value, results, settings, time.time() - start)
     print(f"Wrote {_OUTPUT.value}")
