@@ -1,0 +1,107 @@
+r"""Trains a sparse model with HyperSparse + ART and exports it.
+
+With no flags: scikit-learn digits, the small CNN, 95% sparsity, ART, fine-tuning,
+export to mobile and micro (after `shrink`), a few minutes on 2 CPU cores:
+
+    python examples/train.py
+
+The paper's settings (ResNet-32 / VGG-19 x CIFAR-10 / CIFAR-100 / TinyImageNet
+x 90 / 98 / 99.5% sparsity):
+
+    python examples/train.py --preset=resnet32_cifar10_98 --output_dir=runs/r32
+
+Flags given next to a preset override it.
+"""
+
+import dataclasses
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from hypersparse_tf import experiment
+
+_DEFAULT = experiment.Config()
+FLAGS = flags.FLAGS
+flags.DEFINE_string("preset", None, f"One of {sorted(experiment.PRESETS)}.")
+flags.DEFINE_string("output_dir", "runs/default", "Run folder to write.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing output folder.")
+flags.DEFINE_string(
+    "dataset", _DEFAULT.dataset, f"One of {experiment.DATASETS}, or a tfds name."
+)
+flags.DEFINE_string("data_path", None, "File or folder to read the data from.")
+flags.DEFINE_integer("train_size", None, "Use a class-balanced training subset.")
+flags.DEFINE_integer("test_size", None, "Use a class-balanced test subset.")
+flags.DEFINE_string("model", _DEFAULT.model, f"One of {experiment.MODELS}.")
+flags.DEFINE_float("prune_rate", _DEFAULT.prune_rate, "Fraction of weights to remove.")
+flags.DEFINE_string(
+    "regularizer", _DEFAULT.regularizer, f"One of {experiment.REGULARIZERS}."
+)
+flags.DEFINE_integer("warmup_epochs", _DEFAULT.warmup_epochs, "Dense epochs first.")
+flags.DEFINE_float("lambda_init", _DEFAULT.lambda_init, "First ART coefficient.")
+flags.DEFINE_float("eta", _DEFAULT.eta, "Growth of the coefficient per ART epoch.")
+flags.DEFINE_integer("finetune_epochs", _DEFAULT.finetune_epochs, "Masked epochs.")
+flags.DEFINE_integer("buffer_size", _DEFAULT.buffer_size, "ART buffer b (2b+1).")
+flags.DEFINE_integer("max_epochs", _DEFAULT.max_epochs, "Upper bound on epochs.")
+flags.DEFINE_integer("batch_size", _DEFAULT.batch_size, "Batch size per replica.")
+flags.DEFINE_float("learning_rate", _DEFAULT.learning_rate, "SGD learning rate.")
+flags.DEFINE_float("momentum", _DEFAULT.momentum, "SGD momentum.")
+flags.DEFINE_float(
+    "weight_decay", _DEFAULT.weight_decay, "SGD weight decay (decoupled, Keras')."
+)
+flags.DEFINE_bool("augment", None, "Crop + flip; default: on for colour images.")
+flags.DEFINE_integer("seed", _DEFAULT.seed, "Random seed.")
+flags.DEFINE_string("strategy", _DEFAULT.strategy, f"One of {experiment.STRATEGIES}.")
+flags.DEFINE_list("export", list(_DEFAULT.export), f"Subset of {experiment.EXPORTS}.")
+
+_FIELDS = [f.name for f in dataclasses.fields(experiment.Config)]
+
+
+def config_from_flags():
+    """The Config of the preset (if any), overridden by flags given."""
+    settings = {}
+    if FLAGS.preset is not None:
+        if FLAGS.preset not in experiment.PRESETS:
+            raise app.UsageError(
+                f"Unknown --preset={FLAGS.preset!r}. Choices: "
+                f"{sorted(experiment.PRESETS)}"
+            )
+        settings.update(experiment.PRESETS[FLAGS.preset])
+    for name in _FIELDS:
+        if FLAGS[name].present or name not in settings:
+            settings[name] = FLAGS[name].value
+    settings["export"] = tuple(settings["export"])
+    config = experiment.Config(**settings)
+    for argument, choices in (
+        ("dataset", None),
+        ("model", experiment.MODELS),
+        ("regularizer", experiment.REGULARIZERS),
+        ("strategy", experiment.STRATEGIES),
+    ):
+        value = getattr(config, argument)
+        if choices is not None and value not in choices:
+            raise app.UsageError(
+                f"Unknown --{argument}={value!r}. Choices: {list(choices)}"
+            )
+    for target in config.export:
+        if target not in experiment.EXPORTS:
+            raise app.UsageError(
+                f"Unknown --export={target!r}. Choices: {list(experiment.EXPORTS)}"
+            )
+    return experiment.check_config(config)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # the TFLite converter is chatty
+    config = config_from_flags()
+    try:
+        experiment.train_and_evaluate(config, FLAGS.output_dir, FLAGS.overwrite)
+    except FileExistsError as error:
+        raise app.UsageError(str(error)) from None
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,424 @@
+"""One experiment end to end: data, model, ART, fine-tuning, export, report.
+
+`train_and_evaluate` takes plain arguments and writes a run folder; the absl
+script `examples/train.py` is a thin shell around it. `PRESETS` holds the
+paper's grid with the reference settings.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from hypersparse_tf import datasets
+from hypersparse_tf import masks as masks_lib
+from hypersparse_tf import models
+from hypersparse_tf import prunable
+from hypersparse_tf import regularizers
+from hypersparse_tf.art import ART
+
+MODELS = ("small_cnn", "lenet_300_100", "resnet20", "resnet32", "resnet56", "vgg19_bn")
+REGULARIZERS = ("hs", "l1", "l2")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+EXPORTS = ("mobile", "micro")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "tinyimagenet")
+
+
+@dataclasses.dataclass
+class Config:
+    """Every setting of one experiment; the defaults are the embedded run.
+
+    The defaults train the small CNN on scikit-learn digits to 95% sparsity in
+    a few minutes on 2 CPU cores. Digits has 23 steps per epoch at batch 64
+    (CIFAR: 782), so `lambda_init` and `eta` are larger than the paper's, whose
+    settings the `PRESETS` carry.
+    """
+
+    dataset: str = "digits"
+    data_path: str = None
+    train_size: int = None
+    test_size: int = None
+    model: str = "small_cnn"
+    prune_rate: float = 0.95
+    regularizer: str = "hs"
+    warmup_epochs: int = 10
+    lambda_init: float = 1e-4
+    eta: float = 1.1
+    finetune_epochs: int = 20
+    buffer_size: int = 1
+    max_epochs: int = 300
+    batch_size: int = 64
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    augment: bool = None
+    seed: int = 0
+    strategy: str = "default"
+    export: tuple = EXPORTS
+
+
+def _preset(model, dataset, rate):
+    return dict(
+        dataset=dataset,
+        model=model,
+        prune_rate=rate,
+        regularizer="hs",
+        warmup_epochs=60,
+        lambda_init=5e-6,
+        eta=1.05,
+        finetune_epochs=160,
+        buffer_size=1,
+        max_epochs=2000,
+        batch_size=64,
+        learning_rate=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        augment=True,
+        export=("mobile",),
+    )
+
+
+PRESETS = {
+    f"{model}_{dataset}_{label}": _preset(
+        "vgg19_bn" if model == "vgg19" else model, dataset, rate
+    )
+    for model in ("resnet32", "vgg19")
+    for dataset in ("cifar10", "cifar100", "tinyimagenet")
+    for label, rate in (("90", 0.9), ("98", 0.98), ("995", 0.995))
+}
+
+
+def _check_choice(value, argument, choices):
+    if value not in choices:
+        raise ValueError(
+            f"Invalid value for argument `{argument}`. Expected one of "
+            f"{list(choices)}. Received: {argument}={value!r}"
+        )
+
+
+def check_config(config):
+    """Raises on a setting outside its choices or range; returns `config`."""
+    _check_choice(config.model, "model", MODELS)
+    _check_choice(config.regularizer, "regularizer", REGULARIZERS)
+    _check_choice(config.strategy, "strategy", STRATEGIES)
+    for target in config.export:
+        _check_choice(target, "export", EXPORTS)
+    prunable.check_prune_rate(config.prune_rate)
+    return config
+
+
+def make_strategy(name):
+    """The `tf.distribute` strategy called `name` (see `STRATEGIES`)."""
+    _check_choice(name, "strategy", STRATEGIES)
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    return tf.distribute.get_strategy()
+
+
+def build_model(name, num_classes, input_shape):
+    """A model of `MODELS` for the data's classes and image shape."""
+    _check_choice(name, "model", MODELS)
+    if name.startswith("resnet"):
+        return models.resnet(int(name[6:]), num_classes, input_shape)
+    builder = getattr(models, name)
+    return builder(num_classes=num_classes, input_shape=input_shape)
+
+
+def _load_data(config):
+    name, path = config.dataset, config.data_path
+    if name == "tinyimagenet":
+        if path is None:
+            raise ValueError(
+                "Invalid value for argument `data_path`. TinyImageNet is read from "
+                "a folder with train/<class>/* and test/<class>/* images (its "
+                "val images sorted into class folders). Received: data_path=None"
+            )
+        name = "folder"
+    return datasets.load(name, path, config.train_size, config.test_size, config.seed)
+
+
+def _regularizer(config):
+    if config.regularizer == "hs":
+        return regularizers.HyperSparse(config.prune_rate)
+    if config.regularizer == "l1":
+        return regularizers.AdaptiveL1()
+    return regularizers.AdaptiveL2()
+
+
+class _DenseTestAccuracy(keras.callbacks.Callback):
+    """Test accuracy of the dense model when the warm-up ends."""
+
+    def __init__(self, art, test_data):
+        super().__init__()
+        self.art = art
+        self.test_data = test_data
+        self.accuracy = None
+
+    def _measure(self):
+        self.accuracy = float(self.model.evaluate(self.test_data, verbose=0)[1])
+
+    def on_train_begin(self, logs=None):
+        if self.accuracy is None and self.art.warmup_epochs == 0:
+            self._measure()
+
+    def on_epoch_end(self, epoch, logs=None):
+        history = self.art.history
+        if self.accuracy is None and history and history[-1]["phase"] == "warmup":
+            if self.art.phase != "warmup":
+                self._measure()
+
+
+def _arrays(dataset):
+    xs, ys = zip(*dataset.as_numpy_iterator(), strict=True)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _plot(history, kernels_density, out_dir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(epochs, [h["accuracy"] for h in history], label="dense (train)")
+    ax.plot(
+        epochs,
+        [h["pruned_accuracy"] for h in history],
+        "o-",
+        ms=3,
+        label="pruned copy (eval data)",
+    )
+    for phase, color in (("art", "tab:orange"), ("finetune", "tab:green")):
+        inside = [h["epoch"] for h in history if h["phase"] == phase]
+        if inside:
+            ax.axvspan(
+                min(inside) - 0.5,
+                max(inside) + 0.5,
+                color=color,
+                alpha=0.1,
+                label=phase,
+            )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "accuracy.png"), dpi=100)
+    plt.close(fig)
+
+    fig, left = plt.subplots(figsize=(7, 4))
+    left.plot(epochs, [h["coefficient"] for h in history], color="tab:red")
+    left.set_yscale("symlog", linthresh=1e-8)
+    left.set_xlabel("epoch")
+    left.set_ylabel("coefficient", color="tab:red")
+    right = left.twinx()
+    right.plot(epochs, [h["sparsity"] for h in history], color="tab:blue")
+    right.set_ylabel("sparsity of the kernels", color="tab:blue")
+    right.set_ylim(0, 1)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "coefficient_sparsity.png"), dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.3 * len(kernels_density))))
+    names = list(kernels_density)
+    ax.barh(names, [kernels_density[n] for n in names])
+    ax.invert_yaxis()
+    ax.set_xlabel("density (fraction of non-zero weights)")
+    ax.set_xlim(0, 1)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "layer_density.png"), dpi=100)
+    plt.close(fig)
+
+
+def prepare_output_dir(output_dir, overwrite):
+    """Creates `output_dir`, refusing one that exists unless `overwrite`."""
+    if os.path.exists(output_dir):
+        if not overwrite:
+            raise FileExistsError(
+                f"Invalid value for argument `output_dir`: {output_dir!r} exists. "
+                "Choose another folder or pass overwrite=True (--overwrite)."
+            )
+        shutil.rmtree(output_dir)
+    os.makedirs(output_dir)
+
+
+def train_and_evaluate(config, output_dir, overwrite=False, verbose=1):
+    """Runs one experiment and writes its run folder.
+
+    The folder gets: `model.keras`, `masks.npz`, `history.csv` (per epoch),
+    `art_history.json`, `tensorboard/`, `sparsity_report.txt`, the `.tflite`
+    files and the C array of the micro model (per `config.export`),
+    `deployment_report.md` and `.json`, `accuracy.png`,
+    `coefficient_sparsity.png`, `layer_density.png` and `summary.json`.
+
+    Args:
+        config: A `Config`.
+        output_dir: String. The run folder; must not exist unless `overwrite`.
+        overwrite: Bool. Replace an existing `output_dir`. Defaults to `False`.
+        verbose: Int. 0 silent, 1 progress. Defaults to `1`.
+
+    Returns:
+        The summary dict (also in `summary.json`).
+    """
+    check_config(config)
+    data = _load_data(config)  # before the folder: a missing data set leaves none
+    prepare_output_dir(output_dir, overwrite)
+    start = time.perf_counter()
+    keras.utils.set_random_seed(config.seed)
+    strategy = make_strategy(config.strategy)
+    replicas = strategy.num_replicas_in_sync
+    pipes = datasets.pipelines(
+        data, config.batch_size * replicas, config.augment, config.seed
+    )
+    with strategy.scope():
+        model = build_model(config.model, data.num_classes, data.input_shape)
+        model.compile(
+            optimizer=keras.optimizers.SGD(
+                config.learning_rate,
+                momentum=config.momentum,
+                weight_decay=config.weight_decay or None,
+            ),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        regularizer = _regularizer(config)
+        regularizers.attach(model, regularizer)
+    art = ART(
+        regularizer,
+        pipes["train_eval"],
+        warmup_epochs=config.warmup_epochs,
+        lambda_init=config.lambda_init,
+        eta=config.eta,
+        finetune_epochs=config.finetune_epochs,
+        buffer_size=config.buffer_size,
+        prune_rate=None if config.regularizer == "hs" else config.prune_rate,
+        verbose=verbose,
+    )
+    dense = _DenseTestAccuracy(art, pipes["test"])
+    model.fit(
+        pipes["train"],
+        steps_per_epoch=pipes["steps_per_epoch"],
+        epochs=config.max_epochs,
+        callbacks=[
+            art,
+            dense,
+            keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv")),
+            keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard")),
+        ],
+        verbose=2 if verbose else 0,
+    )
+    train_seconds = time.perf_counter() - start
+    sparse_accuracy = float(model.evaluate(pipes["test"], verbose=0)[1])
+
+    model.save(os.path.join(output_dir, "model.keras"))
+    if art.masks is not None:
+        np.savez(os.path.join(output_dir, "masks.npz"), **art.masks)
+    with open(os.path.join(output_dir, "art_history.json"), "w") as f:
+        json.dump(art.history, f, indent=1)
+    with open(os.path.join(output_dir, "sparsity_report.txt"), "w") as f:
+        f.write(masks_lib.sparsity_report(model) + "\n")
+    counts = masks_lib.sparsity_counts(model)
+    density = {k: 1 - zeros / size for k, (zeros, size) in counts.items()}
+    _plot(art.history, density, output_dir)
+
+    summary = {
+        "config": dataclasses.asdict(config),
+        "phase": art.phase,
+        "art_epochs": art.art_epochs_done,
+        "termination_epoch": art.termination_epoch,
+        "epochs": len(art.history),
+        "sparsity": masks_lib.sparsity(model),
+        "dense_test_accuracy": dense.accuracy,
+        "sparse_test_accuracy": sparse_accuracy,
+        "train_seconds": train_seconds,
+    }
+    if config.export:
+        summary.update(_export(model, pipes, config.export, output_dir))
+    summary["wall_seconds"] = time.perf_counter() - start
+    with open(os.path.join(output_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1, default=str)
+    if verbose:
+        print(summary_table(summary))
+    return summary
+
+
+def _export(model, pipes, targets, output_dir):
+    from hypersparse_tf import export
+    from hypersparse_tf.shrink import shrink
+
+    x_test, y_test = _arrays(pipes["test"])
+    x_train, _ = _arrays(pipes["train_eval"])
+    representative = x_train[:200]
+    results = {}
+    if "mobile" in targets:
+        for sparse, name in ((False, "mobile_float"), (True, "mobile_sparse")):
+            data = export.to_tflite(model, "mobile", sparse=sparse)
+            with open(os.path.join(output_dir, f"{name}.tflite"), "wb") as f:
+                f.write(data)
+    if "micro" in targets:
+        shrunk = shrink(model, verify_inputs=x_test[:64])
+        data = export.to_tflite(shrunk, "micro", representative)
+        with open(os.path.join(output_dir, "micro_int8.tflite"), "wb") as f:
+            f.write(data)
+        export.write_c_array(data, os.path.join(output_dir, "micro_model"), "g_model")
+        predicted = np.argmax(export.run_micro(data, x_test), axis=-1).reshape(-1)
+        results["micro_test_accuracy"] = float(np.mean(predicted == y_test))
+        results["micro_bytes"] = len(data)
+        results["micro_arena_bytes"] = export.micro_arena_size(data)
+    report = export.deployment_report(
+        model, representative, x_test, y_test, name=model.name
+    )
+    with open(os.path.join(output_dir, "deployment_report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    with open(os.path.join(output_dir, "deployment_report.md"), "w") as f:
+        f.write(export.report_markdown(report) + "\n")
+    results["deployment_report"] = report
+    return results
+
+
+def summary_table(summary):
+    """The final table of a run, as Markdown."""
+
+    def percent(value):
+        return "-" if value is None else f"{100 * value:.2f}%"
+
+    lines = [
+        "| quantity | value |",
+        "|---|---|",
+        f"| phase | {summary['phase']} |",
+        f"| ART epochs to termination | {summary['art_epochs']} |",
+        f"| epochs in all | {summary['epochs']} |",
+        f"| sparsity of the kernels | {percent(summary['sparsity'])} |",
+        f"| dense test accuracy (end of warm-up) | "
+        f"{percent(summary['dense_test_accuracy'])} |",
+        f"| sparse test accuracy (Keras) | "
+        f"{percent(summary['sparse_test_accuracy'])} |",
+    ]
+    if "micro_test_accuracy" in summary:
+        lines += [
+            f"| int8 test accuracy on TFLite Micro (after shrink) | "
+            f"{percent(summary['micro_test_accuracy'])} |",
+            f"| micro model bytes | {summary['micro_bytes']:,d} |",
+            f"| micro tensor arena bytes | {summary['micro_arena_bytes']:,d} |",
+        ]
+    report = summary.get("deployment_report")
+    if report:
+        for row in report["artifacts"]:
+            lines.append(
+                f"| {row['artifact']} bytes (gzip) | {row['bytes']:,d} "
+                f"({row['gzip_bytes']:,d}) |"
+            )
+    lines.append(f"| wall time | {summary.get('wall_seconds', 0):.0f} s |")
+    return "\n".join(lines)

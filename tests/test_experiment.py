@@ -1,0 +1,158 @@
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import app
+from absl import flags
+
+from hypersparse_tf import experiment
+from hypersparse_tf import export
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RUN_FILES = [
+    "model.keras",
+    "masks.npz",
+    "history.csv",
+    "art_history.json",
+    "tensorboard",
+    "sparsity_report.txt",
+    "mobile_float.tflite",
+    "mobile_sparse.tflite",
+    "micro_int8.tflite",
+    "micro_model.h",
+    "micro_model.cc",
+    "deployment_report.md",
+    "deployment_report.json",
+    "accuracy.png",
+    "coefficient_sparsity.png",
+    "layer_density.png",
+    "summary.json",
+]
+TINY = dict(warmup_epochs=2, lambda_init=2e-3, eta=1.5, finetune_epochs=2)
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location(
+        "train_script", ROOT / "examples" / "train.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_script = _load_script()
+
+
+def test_train_and_evaluate_end_to_end(tmp_path):
+    config = experiment.Config(**TINY, max_epochs=60)
+    out = tmp_path / "run"
+    summary = experiment.train_and_evaluate(config, str(out), verbose=0)
+    for name in RUN_FILES:
+        assert (out / name).exists(), name
+    assert summary["phase"] == "done"
+    n = 6032  # small_cnn on 8x8x1 digits
+    assert summary["sparsity"] == math.floor(0.95 * n) / n
+    masks = np.load(out / "masks.npz")
+    assert sum(int((~masks[k]).sum()) for k in masks.files) == math.floor(0.95 * n)
+    micro = (out / "micro_int8.tflite").read_bytes()
+    info = export.inspect_tflite(micro)
+    assert "DENSIFY" not in info["operators"] and not info["sparse_tensors"]
+    assert summary["micro_bytes"] == len(micro)
+    c_source = (out / "micro_model.cc").read_text()
+    assert f"{len(micro)}" in c_source
+    rows = {r["artifact"]: r for r in summary["deployment_report"]["artifacts"]}
+    assert rows["micro_int8_shrunk"]["agreement"] >= 0.95
+    assert summary["sparse_test_accuracy"] > 0.5
+    assert json.loads((out / "summary.json").read_text())["phase"] == "done"
+    history = (out / "history.csv").read_text().splitlines()
+    assert len(history) == summary["epochs"] + 1
+    with pytest.raises(FileExistsError, match="exists"):
+        experiment.train_and_evaluate(config, str(out), verbose=0)
+
+
+def test_presets_carry_the_reference_settings():
+    assert len(experiment.PRESETS) == 18
+    preset = experiment.PRESETS["resnet32_cifar10_995"]
+    assert preset["prune_rate"] == 0.995 and preset["model"] == "resnet32"
+    assert experiment.PRESETS["vgg19_tinyimagenet_98"]["model"] == "vgg19_bn"
+    for preset in experiment.PRESETS.values():
+        assert (preset["warmup_epochs"], preset["lambda_init"], preset["eta"]) == (
+            60,
+            5e-6,
+            1.05,
+        )
+        assert preset["finetune_epochs"] == 160 and preset["batch_size"] == 64
+        experiment.check_config(experiment.Config(**preset))
+
+
+def _config(*argv):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["train.py", *argv])
+    return train_script.config_from_flags()
+
+
+def test_script_flags_and_presets():
+    config = _config()
+    assert config == experiment.Config()
+    config = _config("--preset=resnet32_cifar100_90", "--finetune_epochs=3")
+    assert config.model == "resnet32" and config.dataset == "cifar100"
+    assert config.finetune_epochs == 3 and config.lambda_init == 5e-6
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--preset=resnet99_mnist_90"], "resnet32_cifar10_90"),
+        (["--model=alexnet"], "small_cnn"),
+        (["--regularizer=l0"], "'hs', 'l1', 'l2'"),
+        (["--strategy=horovod"], "'mirrored'"),
+        (["--export=phone"], "'mobile', 'micro'"),
+    ],
+)
+def test_script_unknown_choices_are_usage_errors(argv, message):
+    with pytest.raises(app.UsageError, match=message):
+        _config(*argv)
+
+
+def test_script_bad_prune_rate_is_the_library_error():
+    with pytest.raises(ValueError, match="argument `prune_rate`"):
+        _config("--prune_rate=1.5")
+
+
+def test_unknown_dataset_lists_the_choices(tmp_path):
+    config = experiment.Config(dataset="no_such_data_set_here")
+    with pytest.raises(ValueError, match="digits"):
+        experiment.train_and_evaluate(config, str(tmp_path / "run"), verbose=0)
+    assert not (tmp_path / "run").exists()
+
+
+def test_script_with_default_flags_writes_every_file(tmp_path):
+    out = tmp_path / "default"
+    budget = [f"--{k}={v}" for k, v in TINY.items()]  # CI's smaller budget
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "train.py"), f"--output_dir={out}"]
+        + budget,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| ART epochs to termination |" in result.stdout
+    for name in RUN_FILES:
+        assert (out / name).exists(), name
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "train.py"), f"--output_dir={out}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert again.returncode != 0
+    assert "--overwrite" in again.stderr
