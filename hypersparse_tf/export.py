@@ -918,6 +918,11 @@ def _write_files(contents, argument_value):
             temporaries[target] = temporary
             with os.fdopen(handle, "w") as f:
                 f.write(text)
+            # mkstemp makes the file private (0600); give it the permissions a
+            # plain `open` would, under the process's umask.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)
         for target, temporary in temporaries.items():
             os.replace(temporary, target)
             renamed.append(target)

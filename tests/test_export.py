@@ -198,6 +198,10 @@ def test_write_c_array_bytes_equal_the_flatbuffer(micro_model, tmp_path):
     assert f"const unsigned int g_model_len = {len(micro_model)};" in source_text
     assert _parse_c_array(source_text, "g_model") == micro_model
     assert sorted(os.listdir(tmp_path)) == ["model_data.cc", "model_data.h"]
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (header, source):  # not the 0600 of a temporary file
+        assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs a C++ compiler")
