@@ -1,6 +1,7 @@
 """HyperSparse regularization and Adaptive Regularized Training for Keras.
 
-Importing this package never imports tensorflow-model-optimization or tf_keras.
+Importing this package never imports tensorflow-model-optimization or tf_keras:
+`hypersparse_tf.tfmot_interop` imports them inside its functions only.
 """
 
 from hypersparse_tf.art import ART
@@ -16,6 +17,7 @@ from hypersparse_tf.regularizers import HyperSparse
 from hypersparse_tf.regularizers import attach
 from hypersparse_tf.regularizers import attached_weights
 from hypersparse_tf.regularizers import register_with_tf_keras
+from hypersparse_tf.tfmot_interop import to_tfmot
 
 __version__ = "0.1.0"
 
@@ -33,4 +35,5 @@ __all__ = [
     "register_with_tf_keras",
     "sparsity",
     "sparsity_report",
+    "to_tfmot",
 ]
