@@ -14,6 +14,8 @@ Flags given next to a preset override it.
 """
 
 import dataclasses
+import os
+import time
 
 from absl import app
 from absl import flags
@@ -24,7 +26,12 @@ from hypersparse_tf import experiment
 _DEFAULT = experiment.Config()
 FLAGS = flags.FLAGS
 flags.DEFINE_string("preset", None, f"One of {sorted(experiment.PRESETS)}.")
-flags.DEFINE_string("output_dir", "runs/default", "Run folder to write.")
+flags.DEFINE_string(
+    "output_dir",
+    None,
+    "Run folder to write; must not exist. Default: runs/<dataset>_<model>_<rate>_"
+    "<date-time>.",
+)
 flags.DEFINE_bool("overwrite", False, "Replace an existing output folder.")
 flags.DEFINE_string(
     "dataset", _DEFAULT.dataset, f"One of {experiment.DATASETS}, or a tfds name."
@@ -97,10 +104,17 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # the TFLite converter is chatty
     config = config_from_flags()
+    output_dir = FLAGS.output_dir
+    if output_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        rate = f"{config.prune_rate * 100:g}".replace(".", "")
+        name = f"{config.dataset}_{config.model}_{rate}_{stamp}"
+        output_dir = os.path.join("runs", name)
     try:
-        experiment.train_and_evaluate(config, FLAGS.output_dir, FLAGS.overwrite)
+        experiment.train_and_evaluate(config, output_dir, FLAGS.overwrite)
     except FileExistsError as error:
         raise app.UsageError(str(error)) from None
+    print(f"Run folder: {output_dir}")
 
 
 if __name__ == "__main__":
