@@ -326,7 +326,6 @@ def _ms(seconds):
 def write_markdown(path, command, summary, stats, loads, target, settings, run):
     """Writes the results as Markdown to `path`."""
     hypersparse = summary[HYPERSPARSE]
-    meets = hypersparse["ratio"] <= target
     lines = [
         "# Regularizer overhead per training step (ResNet-32, CPU)",
         "",
@@ -365,7 +364,7 @@ def write_markdown(path, command, summary, stats, loads, target, settings, run):
         f"the plain step. Measured: **{hypersparse['ratio']:.3f}x** (median over "
         f"{len(hypersparse['ratios'])} rounds; quartiles "
         f"{hypersparse['q1']:.3f} - {hypersparse['q3']:.3f}): "
-        + ("meets the target." if meets else "**misses the target**."),
+        + verdict(hypersparse, expected_ratio(summary, stats), target),
         "",
         "| configuration | median step (wall) | ratio to plain: median over "
         "rounds | quartiles over rounds | min - max over rounds | ratio of all-step "
@@ -446,6 +445,29 @@ def write_markdown(path, command, summary, stats, loads, target, settings, run):
     pathlib.Path(path).write_text("\n".join(lines) + "\n")
 
 
+def expected_ratio(summary, stats):
+    """(plain step + refresh + loss and gradient) / plain step, for ResNet-32."""
+    plain = summary[PLAIN]["step"]
+    resnet = stats["ResNet-32"]
+    return (plain + resnet["update_statistics"] + resnet["hypersparse_loss"]) / plain
+
+
+def verdict(hypersparse, expected, target):
+    """One sentence: does the measured HyperSparse ratio meet the target?"""
+    if hypersparse["ratio"] > target:
+        return (
+            f"**misses the target**; the isolated costs below estimate {expected:.3f}x."
+        )
+    if hypersparse["q3"] <= target:
+        return "meets the target, with the upper quartile too."
+    return (
+        "meets the target on the median, but the upper quartile "
+        f"({hypersparse['q3']:.3f}) is above it: on this shared machine the "
+        "step times alone do not settle it. The isolated costs below estimate "
+        f"{expected:.3f}x."
+    )
+
+
 def analysis(summary, stats):
     """Markdown bullets splitting the HyperSparse overhead per step."""
     plain = summary[PLAIN]["step"]
@@ -453,7 +475,7 @@ def analysis(summary, stats):
     resnet = stats["ResNet-32"]
     refresh = resnet["update_statistics"]
     loss = resnet["hypersparse_loss"]
-    expected = (plain + refresh + loss) / plain
+    expected = expected_ratio(summary, stats)
     lines = [
         f"- Refresh (`update_statistics()` on ResNet-32): {_ms(refresh)} = "
         f"{refresh / plain:.1%} of the plain step ({_ms(plain)}); of it, the "
