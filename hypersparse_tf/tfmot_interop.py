@@ -135,10 +135,13 @@ def _is_clonable(model):
     )
 
 
-def _kernel_attribute(layer, weight):
-    for attribute in _KERNEL_ATTRIBUTES:
-        if getattr(layer, attribute, None) is weight:
-            return attribute
+def _weight_attribute(layer, weight):
+    """The name of the attribute of `layer` that holds `weight`."""
+    names = [prunable.weight_name(weight), *_KERNEL_ATTRIBUTES]
+    names += [name for name, value in vars(layer).items() if value is weight]
+    for name in names:
+        if getattr(layer, name, None) is weight:
+            return name
     raise ValueError(
         f"to_tfmot cannot find the attribute of layer {layer.name!r} that holds "
         f"its weight {weight.name!r}; tfmot needs it to wrap the layer."
@@ -207,7 +210,7 @@ def to_tfmot(model, masks, predicate=None):
     regularizers.register_with_tf_keras()
     masked = {}  # id(layer) -> [(key, attribute)]
     for key, layer, weight in entries:
-        attribute = _kernel_attribute(layer, weight)
+        attribute = _weight_attribute(layer, weight)
         masked.setdefault(id(layer), []).append((key, attribute))
     copies = []  # (original layer, new layer)
     wrappers = []
