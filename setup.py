@@ -12,11 +12,16 @@ VERSION = re.search(
 
 EXTRAS = {
     # tensorflow-model-optimization works on tf_keras (Keras 2) models only.
-    "tfmot": ["tensorflow-model-optimization>=0.8", "tf-keras>=2.16"],
+    "tfmot": ["tensorflow-model-optimization>=0.8", "tf-keras>=2.16", "tensorboard"],
     # Running exported models: LiteRT for mobile, TFLite Micro for boards.
     "export": ["ai-edge-litert>=1.0", "tflite-micro"],
     # Data sets beyond the embedded default, and plots of runs.
-    "data": ["scikit-learn>=1.0", "tensorflow-datasets>=4.9", "matplotlib>=3.5"],
+    "data": [
+        "scikit-learn>=1.0",
+        "tensorflow-datasets>=4.9",
+        "matplotlib>=3.5",
+        "tensorboard",
+    ],
     "test": ["pytest>=7", "ruff>=0.5", "scikit-learn>=1.0"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})

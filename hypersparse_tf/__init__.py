@@ -4,6 +4,10 @@ Importing this package never imports tensorflow-model-optimization or tf_keras:
 `hypersparse_tf.tfmot_interop` imports them inside its functions only.
 """
 
+from hypersparse_tf import datasets
+from hypersparse_tf import experiment
+from hypersparse_tf import export
+from hypersparse_tf import models
 from hypersparse_tf.art import ART
 from hypersparse_tf.masks import apply_masks
 from hypersparse_tf.masks import global_magnitude_masks
@@ -17,6 +21,7 @@ from hypersparse_tf.regularizers import HyperSparse
 from hypersparse_tf.regularizers import attach
 from hypersparse_tf.regularizers import attached_weights
 from hypersparse_tf.regularizers import register_with_tf_keras
+from hypersparse_tf.shrink import shrink
 from hypersparse_tf.tfmot_interop import to_tfmot
 
 __version__ = "0.1.0"
@@ -29,10 +34,15 @@ __all__ = [
     "apply_masks",
     "attach",
     "attached_weights",
+    "datasets",
+    "experiment",
+    "export",
     "global_magnitude_masks",
     "is_prunable_kernel",
+    "models",
     "prunable_weights",
     "register_with_tf_keras",
+    "shrink",
     "sparsity",
     "sparsity_report",
     "to_tfmot",

@@ -107,7 +107,9 @@ def _hand_fed_art(buffer_size=1):
 
 
 def _feed(model, art, pruned, dense=1.0):
-    weights = [np.full(w.shape, float(art.epochs_seen + 1), "float32") for w in model.weights]
+    weights = [
+        np.full(w.shape, float(art.epochs_seen + 1), "float32") for w in model.weights
+    ]
     masks = hypersparse_tf.global_magnitude_masks(model, 0.5)
     art.record_art_epoch(pruned, dense, weights, masks)
     art.epochs_seen += 1
@@ -156,7 +158,9 @@ def test_art_resets_optimizer_and_drops_learning_rate():
     model.optimizer.learning_rate = 0.05
     _fit(model, art, callbacks=[RecordRate()])
     assert art.phase == "done"
-    finetune = [r for r, h in zip(rates, art.history, strict=True) if h["phase"] == "finetune"]
+    finetune = [
+        r for r, h in zip(rates, art.history, strict=True) if h["phase"] == "finetune"
+    ]
     np.testing.assert_allclose(finetune, [0.05] * 4 + [0.005] * 2 + [0.0005] * 2)
     steps = math.ceil(len(digits()[0]) / 64)
     assert int(model.optimizer.iterations.numpy()) == 8 * steps
