@@ -137,6 +137,58 @@ def to_tflite_layout(op, kernel):
     return np.transpose(kernel, (3, 0, 1, 2))  # Keras HWIO -> TFLite OHWI
 
 
+def from_tflite_layout(op, array):
+    """The inverse of `to_tflite_layout`."""
+    import numpy as np
+
+    if op == "FULLY_CONNECTED":
+        return np.transpose(array)
+    return np.transpose(array, (1, 2, 3, 0))  # TFLite OHWI -> Keras HWIO
+
+
+def qat_kernels(qat, masks):
+    """`{key: kernel variable}` of the QAT model's masked layers."""
+    kernels = {}
+    for layer in qat.layers:
+        for weight in layer.weights:
+            key = f"{getattr(layer, 'layer', layer).name}/kernel"
+            if weight.name.endswith("/kernel:0") and key in masks:
+                kernels[key] = weight
+    return kernels
+
+
+def lift_kept_weights(tflite_bytes, masks, variables):
+    """Moves kept weights that int8 stores as 0 to one quantization step.
+
+    A kept weight smaller than half an int8 step rounds to 0, so the int8 model
+    would be sparser than the mask. Such a weight is set to +-1 step (the
+    scale the converter chose, read from the flatbuffer): a change of less
+    than one step, the size of int8 rounding itself. Convert again afterwards.
+
+    Returns:
+        The number of weights moved.
+    """
+    import numpy as np
+
+    moved = 0
+    for key, (op, values, scales) in zip(
+        masks, int8_weights(tflite_bytes), strict=True
+    ):
+        kept = to_tflite_layout(op, masks[key])
+        kernel = to_tflite_layout(op, variables[key].numpy())
+        step = np.broadcast_to(
+            scales.reshape((-1,) + (1,) * (values.ndim - 1)), values.shape
+        )
+        lift = kept & (values == 0)
+        if not lift.any():
+            continue
+        sign = np.where(kernel >= 0, 1.0, -1.0)
+        kernel = np.where(lift, sign * step, kernel).astype(kernel.dtype)
+        variables[key].assign(from_tflite_layout(op, kernel))
+        moved += int(lift.sum())
+    return moved
+
+
 def compare_with_mask(tflite_bytes, masks, kernels):
     """Per weight: the int8 zeros in the flatbuffer against the mask.
 
@@ -247,14 +299,29 @@ def run(
     qat_accuracy = qat.evaluate(x_test, y_test, verbose=0)[1]
 
     # 4. Full-int8 TFLite.
-    converter = tf.lite.TFLiteConverter.from_keras_model(qat)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    # QAT gives the activation ranges; the converter still asks for samples.
-    converter.representative_dataset = lambda: ([x[np.newaxis]] for x in x_train[:100])
-    tflite_bytes = converter.convert()
+    def convert():
+        converter = tf.lite.TFLiteConverter.from_keras_model(qat)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+        # QAT gives the activation ranges; the converter still asks for samples.
+        converter.representative_dataset = lambda: (
+            [x[np.newaxis]] for x in x_train[:100]
+        )
+        return converter.convert()
+
+    tflite_bytes = convert()
+    variables = qat_kernels(qat, masks)
+    first_rows = compare_with_mask(
+        tflite_bytes, masks, {k: v.numpy() * masks[k] for k, v in variables.items()}
+    )
+    rounded_first = sum(r["rounded_to_zero"] for r in first_rows)
+    explained_first = all(r["rounding_explains"] for r in first_rows)
+    # 5. Keep the mask's pattern exactly: no kept weight may round to 0.
+    lifted = lift_kept_weights(tflite_bytes, masks, variables)
+    if lifted:
+        tflite_bytes = convert()
 
     interpreter = Interpreter(model_content=tflite_bytes)
     interpreter.allocate_tensors()
@@ -269,12 +336,8 @@ def run(
         correct += int(np.argmax(interpreter.get_tensor(outputs["index"])) == y)
     int8_accuracy = correct / len(y_test)
 
-    kernels = {}  # the kernels quantized: `kernel * pruning mask`
-    for layer in qat.layers:
-        for weight in layer.weights:
-            key = f"{getattr(layer, 'layer', layer).name}/kernel"
-            if weight.name.endswith("/kernel:0") and key in masks:
-                kernels[key] = weight.numpy() * masks[key]
+    # The kernels quantized: `kernel * pruning mask`.
+    kernels = {k: v.numpy() * masks[k] for k, v in variables.items()}
     rows = compare_with_mask(tflite_bytes, masks, kernels)
     size = sum(int(np.size(m)) for m in masks.values())
     results = {
@@ -289,6 +352,9 @@ def run(
         "masked_weights_all_zero_in_int8": all(r["masked_nonzero"] == 0 for r in rows),
         "kept_weights_rounded_to_zero": sum(r["rounded_to_zero"] for r in rows),
         "rounding_explains_extra_zeros": all(r["rounding_explains"] for r in rows),
+        "kept_weights_rounded_to_zero_before_lift": rounded_first,
+        "rounding_explained_before_lift": explained_first,
+        "kept_weights_lifted": lifted,
         "weights": rows,
         "tflite_bytes": len(tflite_bytes),
         "wall_s": time.perf_counter() - start,
@@ -344,9 +410,14 @@ def main(argv):
         f"{r['masked_weights_all_zero_in_int8']}"
     )
     print(
-        "kept weights that int8 rounds to 0 (|w| < scale/2): "
-        f"{r['kept_weights_rounded_to_zero']} "
-        f"(all below half a step: {r['rounding_explains_extra_zeros']})"
+        "kept weights int8 rounded to 0 at first (|w| < scale/2): "
+        f"{r['kept_weights_rounded_to_zero_before_lift']} "
+        f"(all below half a step: {r['rounding_explained_before_lift']}); "
+        f"lifted to one step and converted again: {r['kept_weights_lifted']}"
+    )
+    print(
+        "int8 zeros equal the mask's exactly:              "
+        f"{r['int8_sparsity'] == r['mask_sparsity']}"
     )
     print(f"TFLite size: {r['tflite_bytes']:,d} bytes; wall time {r['wall_s']:.1f} s")
     print(f"written to {FLAGS.output_dir}")

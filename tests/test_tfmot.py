@@ -272,14 +272,19 @@ def test_example_tfmot_pqat_int8_flatbuffer_keeps_the_mask(tmp_path):
     mask_zeros = sum(r["mask_zeros"] for r in results["weights"])
     assert mask_zeros == math.floor(0.9 * size)
     assert results["mask_sparsity"] == mask_zeros / size
-    # Every masked weight is 0 in the int8 flatbuffer; a zero beyond the mask
-    # is a kept weight smaller than half an int8 step, and nothing else.
+    # Every masked weight is 0 in the int8 flatbuffer. Kept weights that the
+    # first conversion rounded to 0 (each below half an int8 step) were lifted
+    # to one step, so the int8 zeros are exactly the mask's.
     assert results["masked_weights_all_zero_in_int8"]
     assert all(r["masked_nonzero"] == 0 for r in results["weights"])
-    assert results["rounding_explains_extra_zeros"]
+    assert results["rounding_explained_before_lift"]
+    assert results["kept_weights_lifted"] == (
+        results["kept_weights_rounded_to_zero_before_lift"]
+    )
+    assert results["kept_weights_rounded_to_zero"] == 0
     int8_zeros = sum(r["int8_zeros"] for r in results["weights"])
-    assert int8_zeros == mask_zeros + results["kept_weights_rounded_to_zero"]
-    assert results["int8_sparsity"] == int8_zeros / size
-    assert results["kept_weights_rounded_to_zero"] <= 0.01 * (size - mask_zeros)
+    assert int8_zeros == mask_zeros
+    assert results["int8_sparsity"] == results["mask_sparsity"]
+    assert results["kept_weights_lifted"] <= 0.01 * (size - mask_zeros)
     assert results["int8_test_accuracy"] >= 0.8
     assert abs(results["int8_test_accuracy"] - results["qat_test_accuracy"]) <= 0.02
