@@ -278,8 +278,9 @@ def test_example_tfmot_pqat_int8_flatbuffer_keeps_the_mask(tmp_path):
     assert results["masked_weights_all_zero_in_int8"]
     assert all(r["masked_nonzero"] == 0 for r in results["weights"])
     assert results["rounding_explained_before_lift"]
-    assert results["kept_weights_lifted"] == (
-        results["kept_weights_rounded_to_zero_before_lift"]
+    assert (
+        results["kept_weights_lifted"]
+        == (results["kept_weights_rounded_to_zero_before_lift"])
     )
     assert results["kept_weights_rounded_to_zero"] == 0
     int8_zeros = sum(r["int8_zeros"] for r in results["weights"])
