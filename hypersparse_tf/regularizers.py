@@ -213,14 +213,17 @@ class HyperSparse(AdaptiveRegularizer):
         Args:
             kernels: List of tensors or variables.
         """
-        magnitudes = [tf.abs(tf.reshape(tf.cast(k, tf.float32), [-1])) for k in kernels]
-        size = sum(int(m.shape[0]) for m in magnitudes)
+        # One vector: a few large ops run faster than many small ones per kernel.
+        magnitudes = tf.concat(
+            [tf.abs(tf.reshape(tf.cast(k, tf.float32), [-1])) for k in kernels], 0
+        )
         threshold = kth_smallest_magnitude(
-            magnitudes, prunable.num_pruned(self.prune_rate, size)
+            [magnitudes],
+            prunable.num_pruned(self.prune_rate, int(magnitudes.shape[0])),
         )
         scale = tf.math.divide_no_nan(tf.constant(INFLECTION, tf.float32), threshold)
-        total = tf.add_n([tf.reduce_sum(m) for m in magnitudes])
-        soft_count = tf.add_n([tf.reduce_sum(tf.tanh(scale * m)) for m in magnitudes])
+        total = tf.reduce_sum(magnitudes)
+        soft_count = tf.reduce_sum(tf.tanh(scale * magnitudes))
         return threshold, scale, tf.math.divide_no_nan(total, soft_count)
 
     def _assign_statistics(self):
@@ -249,7 +252,10 @@ class HyperSparse(AdaptiveRegularizer):
             self._assign_statistics()
             return
         if self._update_function is None:
-            self._update_function = tf.function(self._assign_statistics)
+            # No AutoGraph: plain TF ops only, and it must not re-read source.
+            self._update_function = tf.function(
+                self._assign_statistics, autograph=False
+            )
         self._update_function()
 
     def get_config(self):
