@@ -313,3 +313,23 @@ def test_keras_file_round_trip_shares_one_regularizer(model, tmp_path):
         rtol=2e-5,
         atol=1e-9,
     )
+
+
+def test_attach_after_fit_reaches_the_traced_step():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(5, name="a"), keras.layers.Dense(2)]
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    x = np.ones((4, 6), "float32")
+    y = np.zeros((4, 2), "float32")
+    model.fit(x, y, epochs=1, verbose=0)  # traces a train step without losses
+    plain = model.train_on_batch(x, y)
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(plain, rel=1e-6)
+    reg = hypersparse_tf.AdaptiveL1(coefficient=1.0)
+    hypersparse_tf.attach(model, reg)
+    total = sum(np.abs(k.numpy()).sum() for k in reg.kernels)
+    np.testing.assert_allclose(model.train_on_batch(x, y) - plain, total, rtol=1e-5)
+    np.testing.assert_allclose(
+        model.evaluate(x, y, verbose=0) - plain, total, rtol=1e-5
+    )
