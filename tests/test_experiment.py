@@ -156,3 +156,21 @@ def test_script_with_default_flags_writes_every_file(tmp_path):
     )
     assert again.returncode != 0
     assert "--overwrite" in again.stderr
+
+
+def test_train_and_evaluate_under_mirrored_strategy(tmp_path):
+    config = experiment.Config(**TINY, max_epochs=60, strategy="mirrored", export=())
+    summary = experiment.train_and_evaluate(config, str(tmp_path / "run"), verbose=0)
+    assert summary["phase"] == "done"
+    assert summary["sparsity"] == math.floor(0.95 * 6032) / 6032
+
+
+def test_make_strategy_choices():
+    import tensorflow as tf
+
+    assert experiment.make_strategy("default") is tf.distribute.get_strategy()
+    assert isinstance(
+        experiment.make_strategy("mirrored"), tf.distribute.MirroredStrategy
+    )
+    with pytest.raises(ValueError, match="argument `strategy`"):
+        experiment.make_strategy("horovod")
