@@ -3,8 +3,9 @@
 The HyperSparse threshold is the `k`-th smallest magnitude (0-based) over every
 prunable kernel of a network, recomputed at every training step. A full sort of
 1.9M floats costs ~0.3 s on a CPU; this module selects the exact value with a
-two-pass radix selection on the IEEE-754 bit patterns instead (~10 ms for the
-same 1.9M floats on 2 CPU cores).
+two-pass radix selection on the IEEE-754 bit patterns instead: ~10 ms for the
+same 1.9M floats in one tensor on 2 CPU cores, about twice that when they come
+as a list of 34 kernels (`benchmarks/results/regularizer_overhead.md`).
 
 For non-negative float32 values, the bit pattern read as an int32 is ordered like
 the value itself. The first pass histograms the high 16 bits of every magnitude,
