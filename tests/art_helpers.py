@@ -41,10 +41,13 @@ def compiled(model, metrics=("accuracy",)):
 FAST = dict(warmup_epochs=3, lambda_init=3e-4, eta=1.3, finetune_epochs=4, verbose=0)
 
 
-def art_setup(prune_rate=0.9, regularizer=None, seed=0, **kwargs):
-    """Model, regularizer and ART callback; ART settings default to `FAST`."""
+def art_setup(prune_rate=0.9, regularizer=None, seed=0, model=None, **kwargs):
+    """Model, regularizer and ART callback; ART settings default to `FAST`.
+
+    `model` defaults to the compiled Keras 3 MLP of `seed`.
+    """
     x_train, _, y_train, _ = digits()
-    model = compiled(mlp(seed))
+    model = model if model is not None else compiled(mlp(seed))
     reg = regularizer or hypersparse_tf.HyperSparse(prune_rate)
     hypersparse_tf.attach(model, reg)
     settings = dict(FAST, **kwargs)

@@ -8,7 +8,7 @@ import numpy as np
 import tf_keras
 
 import hypersparse_tf
-from tests.art_helpers import FAST
+from tests.art_helpers import art_setup
 from tests.art_helpers import digits
 from tests.art_helpers import mlp
 from tests.conftest import mixed_model
@@ -64,15 +64,8 @@ def tf_keras_compiled(model, metrics=("accuracy",)):
 
 def tf_keras_art_setup(prune_rate=0.9, regularizer=None, seed=0, **kwargs):
     """`tests.art_helpers.art_setup` on the tf_keras twin of the MLP."""
-    x_train, _, y_train, _ = digits()
     model = tf_keras_compiled(tf_keras_mlp(seed))
-    reg = regularizer or hypersparse_tf.HyperSparse(prune_rate)
-    hypersparse_tf.attach(model, reg)
-    settings = dict(FAST, **kwargs)
-    if not isinstance(reg, hypersparse_tf.HyperSparse):
-        settings.setdefault("prune_rate", prune_rate)
-    art = hypersparse_tf.ART(reg, (x_train, y_train), **settings)
-    return model, reg, art
+    return art_setup(prune_rate, regularizer, seed, model=model, **kwargs)
 
 
 def tf_keras_fit(model, art, epochs=200, callbacks=(), **kwargs):
