@@ -10,7 +10,9 @@ from hypersparse_tf import export
 from hypersparse_tf import models
 from hypersparse_tf.art import ART
 from hypersparse_tf.masks import apply_masks
+from hypersparse_tf.masks import fix_masks
 from hypersparse_tf.masks import global_magnitude_masks
+from hypersparse_tf.masks import release_masks
 from hypersparse_tf.masks import sparsity
 from hypersparse_tf.masks import sparsity_report
 from hypersparse_tf.prunable import is_prunable_kernel
@@ -37,11 +39,13 @@ __all__ = [
     "datasets",
     "experiment",
     "export",
+    "fix_masks",
     "global_magnitude_masks",
     "is_prunable_kernel",
     "models",
     "prunable_weights",
     "register_with_tf_keras",
+    "release_masks",
     "shrink",
     "sparsity",
     "sparsity_report",

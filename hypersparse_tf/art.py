@@ -101,39 +101,11 @@ def _eval_dataset(eval_data):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(_EVAL_BATCH_SIZE)
 
 
-class _MaskConstraint(keras.constraints.Constraint):
-    """Multiplies a kernel by a mask variable after each optimizer update.
-
-    Installed for the whole of training (the mask is all ones until fine-tuning)
-    because the optimizer reads constraints when the train step is traced.
-    """
-
-    def __init__(self, mask, previous=None):
-        self.mask = mask
-        self.previous = previous
-
-    def __call__(self, w):
-        if self.previous is not None:
-            w = self.previous(w)
-        return w * tf.cast(self.mask, w.dtype)
-
-
 def _optimizer_variables(optimizer):
     """The variables of a Keras 3 or tf_keras optimizer, as a list."""
     variables = optimizer.variables
     # A method in tf_keras's legacy optimizers, a callable list in its others.
     return list(variables() if callable(variables) else variables)
-
-
-def _variable_constraint(variable):
-    return getattr(variable, "constraint", None)
-
-
-def _set_variable_constraint(variable, constraint):
-    if isinstance(variable, keras.Variable):
-        variable.constraint = constraint
-    else:  # tf.Variable (tf_keras): the optimizer reads `var.constraint`.
-        variable._constraint = constraint
 
 
 class _ResumeAt:
@@ -250,6 +222,14 @@ class ART(keras.callbacks.Callback):
         finetune_schedule: Callable `(finetune_epoch, initial_lr) -> lr` or
             None. Learning rate of each fine-tuning epoch. Defaults to `None`
             (x0.1 at 50% and 75%).
+        epoch_budget: Int or None. Epochs of warm-up, ART and fine-tuning
+            together, for comparing methods on the same budget. ART then ends
+            at the latest when `finetune_epochs` epochs of the budget remain
+            (fine-tuning starts from the best candidate so far;
+            `stopped_by_budget` says so), and fine-tuning lasts the rest of the
+            budget: longer than `finetune_epochs` when ART ends earlier.
+            Defaults to `None`: ART runs until its rule fires and fine-tuning
+            lasts `finetune_epochs`.
         backup_dir: String or None. If given, the callback's state, the model's
             weights and the optimizer's state are written there after every
             epoch, and a `fit` that finds a backup there resumes from it (also
@@ -282,6 +262,7 @@ class ART(keras.callbacks.Callback):
         prune_rate=None,
         accuracy_metric=None,
         finetune_schedule=None,
+        epoch_budget=None,
         backup_dir=None,
         verbose=1,
     ):
@@ -335,6 +316,20 @@ class ART(keras.callbacks.Callback):
         self.eta = _check_float(eta, "eta", "a float > 1", lambda v: v > 1)
         self.finetune_epochs = _check_int(finetune_epochs, "finetune_epochs", 0)
         self.buffer_size = _check_int(buffer_size, "buffer_size", 0)
+        if epoch_budget is not None:
+            least = self.warmup_epochs + 1 + self.finetune_epochs
+            if (
+                isinstance(epoch_budget, bool)
+                or not isinstance(epoch_budget, numbers.Integral)
+                or epoch_budget < least
+            ):
+                raise ValueError(
+                    "Invalid value for argument `epoch_budget`. Expected None or "
+                    f"an int >= {least} (warmup_epochs + one ART epoch + "
+                    f"finetune_epochs). Received: epoch_budget={epoch_budget!r}"
+                )
+            epoch_budget = int(epoch_budget)
+        self.epoch_budget = epoch_budget
         self.prune_rate = prune_rate
         self.accuracy_metric = accuracy_metric
         self.finetune_schedule = finetune_schedule
@@ -386,6 +381,8 @@ class ART(keras.callbacks.Callback):
         self.art_epochs_done = 0
         self.finetune_epochs_done = 0
         self.termination_epoch = None
+        self.stopped_by_budget = False
+        self.finetune_length = self.finetune_epochs
         self.history = []
         self.masks = None
         self.best_mean_pruned_accuracy = -math.inf
@@ -495,7 +492,7 @@ class ART(keras.callbacks.Callback):
                 self._say(f"ART: warm-up done after {self.warmup_epochs} epochs.")
         elif phase == "finetune":
             self.finetune_epochs_done += 1
-            if self.finetune_epochs_done >= self.finetune_epochs:
+            if self.finetune_epochs_done >= self.finetune_length:
                 self._finish()
         self._write_backup()
 
@@ -544,6 +541,7 @@ class ART(keras.callbacks.Callback):
             self.best_mean_pruned_accuracy = mean
             self._best = self._buffer[len(self._buffer) // 2]
         self.art_epochs_done += 1
+        epochs_done = self.warmup_epochs_done + self.art_epochs_done
         if self.best_mean_pruned_accuracy > dense_accuracy:
             self.termination_epoch = self.epochs_seen
             self._say(
@@ -552,9 +550,25 @@ class ART(keras.callbacks.Callback):
                 f"dense accuracy {dense_accuracy:.4f}. Fine-tuning from epoch "
                 f"{self._best['epoch']}."
             )
-            self._start_finetuning()
+            self._start_finetuning(epochs_done)
+        elif (
+            self.epoch_budget is not None
+            and epochs_done >= self.epoch_budget - self.finetune_epochs
+        ):
+            self.termination_epoch = self.epochs_seen
+            self.stopped_by_budget = True
+            self._say(
+                f"ART stopped by the epoch budget after {self.art_epochs_done} ART "
+                f"epochs (best mean pruned accuracy "
+                f"{self.best_mean_pruned_accuracy:.4f}, dense accuracy "
+                f"{dense_accuracy:.4f}). Fine-tuning from epoch "
+                f"{self._best['epoch']}."
+            )
+            self._start_finetuning(epochs_done)
 
-    def _start_finetuning(self):
+    def _start_finetuning(self, epochs_done):
+        if self.epoch_budget is not None:
+            self.finetune_length = self.epoch_budget - epochs_done
         best = self._best
         self.model.set_weights(best["weights"])
         self.masks = best["masks"]
@@ -564,7 +578,7 @@ class ART(keras.callbacks.Callback):
         self._buffer = []
         self.phase = "finetune"
         self.regularizer.coefficient.assign(0.0)
-        if self.finetune_epochs == 0:
+        if self.finetune_length == 0:
             self._finish()
 
     def _finish(self):
@@ -601,7 +615,7 @@ class ART(keras.callbacks.Callback):
 
     def _install_mask_constraints(self):
         if self._mask_variables is not None and all(
-            isinstance(_variable_constraint(w), _MaskConstraint)
+            isinstance(masks_lib.variable_constraint(w), masks_lib.MaskConstraint)
             for w in self._kernels.values()
         ):
             return
@@ -616,10 +630,12 @@ class ART(keras.callbacks.Callback):
                     name=f"mask_{key.replace('/', '_')}",
                 )
                 self._mask_variables[key] = mask
-                previous = _variable_constraint(weight)
-                if isinstance(previous, _MaskConstraint):
+                previous = masks_lib.variable_constraint(weight)
+                if isinstance(previous, masks_lib.MaskConstraint):
                     previous = previous.previous
-                _set_variable_constraint(weight, _MaskConstraint(mask, previous))
+                masks_lib.setmasks_lib.variable_constraint(
+                    weight, masks_lib.MaskConstraint(mask, previous)
+                )
 
     def _load_mask_variables(self, masks):
         for key, variable in self._mask_variables.items():
@@ -663,8 +679,8 @@ class ART(keras.callbacks.Callback):
             lr = self.finetune_schedule(epoch, self._initial_lr)
         else:
             lr = self._initial_lr
-            lr *= 0.1 if epoch >= math.ceil(0.5 * self.finetune_epochs) else 1.0
-            lr *= 0.1 if epoch >= math.ceil(0.75 * self.finetune_epochs) else 1.0
+            lr *= 0.1 if epoch >= math.ceil(0.5 * self.finetune_length) else 1.0
+            lr *= 0.1 if epoch >= math.ceil(0.75 * self.finetune_length) else 1.0
         self._set_lr(lr)
 
     def _reset_optimizer(self):
@@ -766,6 +782,8 @@ class ART(keras.callbacks.Callback):
             "art_epochs_done": self.art_epochs_done,
             "finetune_epochs_done": self.finetune_epochs_done,
             "termination_epoch": self.termination_epoch,
+            "stopped_by_budget": self.stopped_by_budget,
+            "finetune_length": self.finetune_length,
             "history": self.history,
             "best_mean_pruned_accuracy": self.best_mean_pruned_accuracy,
             "initial_lr": self._initial_lr,
@@ -852,6 +870,8 @@ class ART(keras.callbacks.Callback):
         self.art_epochs_done = state["art_epochs_done"]
         self.finetune_epochs_done = state["finetune_epochs_done"]
         self.termination_epoch = state["termination_epoch"]
+        self.stopped_by_budget = state["stopped_by_budget"]
+        self.finetune_length = state["finetune_length"]
         self.history = state["history"]
         self.best_mean_pruned_accuracy = state["best_mean_pruned_accuracy"]
         self._initial_lr = state["initial_lr"]
@@ -884,6 +904,7 @@ class ART(keras.callbacks.Callback):
             "lambda_init": self.lambda_init,
             "eta": self.eta,
             "finetune_epochs": self.finetune_epochs,
+            "epoch_budget": self.epoch_budget,
             "buffer_size": self.buffer_size,
             "prune_rate": self.prune_rate,
             "accuracy_metric": self.accuracy_metric,

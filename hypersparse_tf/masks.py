@@ -6,7 +6,9 @@ weight to a boolean NumPy array of the weight's shape; True means kept.
 
 import collections.abc
 
+import keras
 import numpy as np
+import tensorflow as tf
 
 from hypersparse_tf import prunable
 
@@ -153,6 +155,110 @@ def assign_masked(weights, masks):
     for key, weight in weights.items():
         value = np.asarray(weight.numpy())
         weight.assign(np.where(checked[key], value, np.zeros_like(value)))
+
+
+class MaskConstraint(keras.constraints.Constraint):
+    """Multiplies a weight by a mask variable after each optimizer update.
+
+    `previous` (the weight's own constraint, if any) is applied first. Works
+    as a Keras 3 and as a tf_keras constraint: both optimizers call it after
+    each update, inside the compiled train step.
+    """
+
+    def __init__(self, mask, previous=None):
+        self.mask = mask
+        self.previous = previous
+
+    def __call__(self, w):
+        if self.previous is not None:
+            w = self.previous(w)
+        return w * tf.cast(self.mask, w.dtype)
+
+
+def variable_constraint(variable):
+    """The constraint the optimizer applies to `variable`, or None."""
+    return getattr(variable, "constraint", None)
+
+
+def set_variable_constraint(variable, constraint):
+    """Sets the constraint the optimizer applies to `variable` after updates."""
+    if isinstance(variable, keras.Variable):
+        variable.constraint = constraint
+    else:  # tf.Variable (tf_keras): the optimizer reads `var.constraint`.
+        variable._constraint = constraint
+
+
+def fix_masks(model, masks, predicate=None):
+    """Prunes `model` with `masks` and keeps the pruned weights at zero.
+
+    Sets every weight outside its mask to zero (as `apply_masks`) and gives
+    each prunable weight a `MaskConstraint`, which the optimizer applies after
+    every update, in the compiled train step: pruned weights stay exactly zero
+    through any later `fit`. This is fine-tuning with a fixed mask, e.g. after
+    one-shot magnitude pruning. A weight's own constraint is kept and applied
+    first; calling `fix_masks` again replaces the masks. All masks are checked
+    before anything changes. A train step traced by an earlier `fit` is
+    dropped, as `compile` does, so the next `fit` traces one with the
+    constraints. `release_masks` undoes the constraints (not the zeros).
+
+    Args:
+        model: A built Keras model (Keras 3 or tf_keras).
+        masks: Dict `{"<layer name>/<weight name>": bool array}` with one mask
+            per prunable weight, True = kept, as `global_magnitude_masks` gives.
+        predicate: Optional callable `(layer, weight) -> bool` choosing the
+            prunable weights; must be the one the masks were made with.
+            Defaults to `None`.
+
+    Raises:
+        ValueError: if a mask is missing, names no prunable weight, or has the
+            wrong shape or values.
+
+    Example:
+
+    >>> masks = hypersparse_tf.global_magnitude_masks(model, 0.9)
+    >>> hypersparse_tf.fix_masks(model, masks)
+    >>> model.fit(x_train, y_train, epochs=10)  # 90% of the kernels stay 0
+    """
+    weights = prunable.prunable_weights(model, predicate)
+    checked = check_masks(weights, masks)
+    strategy = (
+        getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    )
+    with strategy.scope():
+        variables = {
+            key: tf.Variable(
+                checked[key].astype(np.float32),
+                trainable=False,
+                name=f"fixed_mask_{key.replace('/', '_')}",
+            )
+            for key in weights
+        }
+    assign_masked(weights, checked)
+    for key, weight in weights.items():
+        previous = variable_constraint(weight)
+        if isinstance(previous, MaskConstraint):
+            previous = previous.previous
+        set_variable_constraint(weight, MaskConstraint(variables[key], previous))
+    _drop_traced_steps(model)
+
+
+def release_masks(model, predicate=None):
+    """Removes the `MaskConstraint`s of `fix_masks` from `model`'s weights.
+
+    The weights keep their values (pruned ones stay zero until trained); each
+    weight gets back its own constraint.
+    """
+    for weight in prunable.prunable_weights(model, predicate).values():
+        constraint = variable_constraint(weight)
+        if isinstance(constraint, MaskConstraint):
+            set_variable_constraint(weight, constraint.previous)
+    _drop_traced_steps(model)
+
+
+def _drop_traced_steps(model):
+    for attribute in ("train_function", "test_function"):
+        if getattr(model, attribute, None) is not None:
+            setattr(model, attribute, None)
 
 
 def sparsity_counts(model, predicate=None):

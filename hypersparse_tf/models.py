@@ -1,8 +1,11 @@
 """Reference networks of the HyperSparse paper, and small models for devices.
 
-Plain builder functions that return functional Keras 3 models. Every
-convolution and dense layer has a unique name, so that the keys of
-`prunable_weights` and of mask dictionaries are stable across builds.
+Plain builder functions that return functional Keras 3 models, or with
+`flavour="tf_keras"` the same network as a tf_keras (Keras 2) model, e.g. to
+hand to tensorflow-model-optimization. Every convolution and dense layer has a
+unique name, the same in both flavours, so that the keys of `prunable_weights`
+and of mask dictionaries are stable across builds and weights copy from one
+flavour to the other layer by layer.
 
 - `resnet`: the "doubled" CIFAR ResNet of the paper's code (ResNet-32: 1,855,584
   prunable weights for 10 classes).
@@ -44,6 +47,26 @@ VGG19_CONFIG = (
 )
 
 _INITIALIZER = "he_normal"
+FLAVOURS = ("keras", "tf_keras")
+
+
+def _keras_module(flavour):
+    """`keras` (Keras 3) or `tf_keras` (Keras 2, imported on demand)."""
+    if flavour == "keras":
+        return keras
+    if flavour == "tf_keras":
+        try:
+            import tf_keras
+        except ImportError as error:
+            raise ImportError(
+                'flavour="tf_keras" needs the tf-keras package: pip install '
+                '"hypersparse_tf[tfmot]"'
+            ) from error
+        return tf_keras
+    raise ValueError(
+        f"Invalid value for argument `flavour`. Expected one of {list(FLAVOURS)}. "
+        f"Received: flavour={flavour!r}"
+    )
 
 
 def _is_int(value):
@@ -93,8 +116,8 @@ def _check_input_shape(input_shape, rank=None, min_size=1, requirement=None):
     return input_shape
 
 
-def _conv_bn_relu(x, filters, name, strides=1, kernel_size=3):
-    x = keras.layers.Conv2D(
+def _conv_bn_relu(k, x, filters, name, strides=1, kernel_size=3):
+    x = k.layers.Conv2D(
         filters,
         kernel_size,
         strides=strides,
@@ -103,14 +126,14 @@ def _conv_bn_relu(x, filters, name, strides=1, kernel_size=3):
         kernel_initializer=_INITIALIZER,
         name=f"{name}_conv",
     )(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
-    return keras.layers.ReLU(name=f"{name}_relu")(x)
+    x = k.layers.BatchNormalization(name=f"{name}_bn")(x)
+    return k.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _basic_block(x, filters, strides, name):
+def _basic_block(k, x, filters, strides, name):
     """Two 3x3 conv + BN, a 1x1 conv + BN shortcut where the shape changes."""
     shortcut = x
-    y = keras.layers.Conv2D(
+    y = k.layers.Conv2D(
         filters,
         3,
         strides=strides,
@@ -119,9 +142,9 @@ def _basic_block(x, filters, strides, name):
         kernel_initializer=_INITIALIZER,
         name=f"{name}_conv1",
     )(x)
-    y = keras.layers.BatchNormalization(name=f"{name}_bn1")(y)
-    y = keras.layers.ReLU(name=f"{name}_relu1")(y)
-    y = keras.layers.Conv2D(
+    y = k.layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = k.layers.ReLU(name=f"{name}_relu1")(y)
+    y = k.layers.Conv2D(
         filters,
         3,
         padding="same",
@@ -129,9 +152,9 @@ def _basic_block(x, filters, strides, name):
         kernel_initializer=_INITIALIZER,
         name=f"{name}_conv2",
     )(y)
-    y = keras.layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = k.layers.BatchNormalization(name=f"{name}_bn2")(y)
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = keras.layers.Conv2D(
+        shortcut = k.layers.Conv2D(
             filters,
             1,
             strides=strides,
@@ -139,18 +162,20 @@ def _basic_block(x, filters, strides, name):
             kernel_initializer=_INITIALIZER,
             name=f"{name}_shortcut_conv",
         )(x)
-        shortcut = keras.layers.BatchNormalization(name=f"{name}_shortcut_bn")(shortcut)
-    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
-    return keras.layers.ReLU(name=f"{name}_out")(y)
+        shortcut = k.layers.BatchNormalization(name=f"{name}_shortcut_bn")(shortcut)
+    y = k.layers.Add(name=f"{name}_add")([y, shortcut])
+    return k.layers.ReLU(name=f"{name}_out")(y)
 
 
-def _classifier(x, num_classes):
-    return keras.layers.Dense(
+def _classifier(k, x, num_classes):
+    return k.layers.Dense(
         num_classes, kernel_initializer=_INITIALIZER, name="predictions"
     )(x)
 
 
-def resnet(depth=32, num_classes=10, input_shape=(32, 32, 3), width=32):
+def resnet(
+    depth=32, num_classes=10, input_shape=(32, 32, 3), width=32, *, flavour="keras"
+):
     """The "doubled" CIFAR ResNet of the HyperSparse reference code.
 
     A 3x3 stem convolution with `width` filters, then three stages of
@@ -172,9 +197,11 @@ def resnet(depth=32, num_classes=10, input_shape=(32, 32, 3), width=32):
         width: Int >= 1. Filters of the stem and of the first stage. The
             standard CIFAR ResNet has 16; the paper's code doubles it.
             Defaults to `32`.
+        flavour: `"keras"` (Keras 3) or `"tf_keras"` (Keras 2, for
+            tensorflow-model-optimization). Defaults to `"keras"`.
 
     Returns:
-        A functional `keras.Model` named `f"resnet{depth}"`.
+        A functional `keras.Model` (`tf_keras.Model`) named `f"resnet{depth}"`.
 
     Example:
 
@@ -196,19 +223,22 @@ def resnet(depth=32, num_classes=10, input_shape=(32, 32, 3), width=32):
     input_shape = _check_input_shape(input_shape, rank=3)
     blocks = (depth - 2) // 6
 
-    inputs = keras.Input(input_shape, name="image")
-    x = _conv_bn_relu(inputs, width, "stem")
+    k = _keras_module(flavour)
+    inputs = k.Input(input_shape, name="image")
+    x = _conv_bn_relu(k, inputs, width, "stem")
     for stage in range(3):
         filters = width * 2**stage
         for block in range(blocks):
             strides = 2 if stage > 0 and block == 0 else 1
-            x = _basic_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}")
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = _classifier(x, num_classes)
-    return keras.Model(inputs, outputs, name=f"resnet{depth}")
+            x = _basic_block(
+                k, x, filters, strides, f"stage{stage + 1}_block{block + 1}"
+            )
+    x = k.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = _classifier(k, x, num_classes)
+    return k.Model(inputs, outputs, name=f"resnet{depth}")
 
 
-def vgg19_bn(num_classes=10, input_shape=(32, 32, 3)):
+def vgg19_bn(num_classes=10, input_shape=(32, 32, 3), *, flavour="keras"):
     """VGG-19 with BatchNorm, as in the HyperSparse reference code.
 
     Sixteen 3x3 convolutions (no bias) + BN + ReLU in the configuration
@@ -223,9 +253,11 @@ def vgg19_bn(num_classes=10, input_shape=(32, 32, 3)):
         num_classes: Int >= 2. Number of classes. Defaults to `10`.
         input_shape: Tuple `(height, width, channels)` of positive ints, with
             height and width >= 32. Defaults to `(32, 32, 3)`.
+        flavour: `"keras"` (Keras 3) or `"tf_keras"` (Keras 2, for
+            tensorflow-model-optimization). Defaults to `"keras"`.
 
     Returns:
-        A functional `keras.Model` named `"vgg19_bn"`.
+        A functional `keras.Model` (`tf_keras.Model`) named `"vgg19_bn"`.
 
     Example:
 
@@ -238,24 +270,25 @@ def vgg19_bn(num_classes=10, input_shape=(32, 32, 3)):
         min_size=32,
         requirement="four 2x2 max-pools and a 2x2 average pool",
     )
-    inputs = keras.Input(input_shape, name="image")
+    k = _keras_module(flavour)
+    inputs = k.Input(input_shape, name="image")
     x = inputs
     conv_index = 0
     pool_index = 0
     for entry in VGG19_CONFIG:
         if entry == "M":
             pool_index += 1
-            x = keras.layers.MaxPooling2D(2, name=f"pool{pool_index}")(x)
+            x = k.layers.MaxPooling2D(2, name=f"pool{pool_index}")(x)
         else:
             conv_index += 1
-            x = _conv_bn_relu(x, entry, f"block{pool_index + 1}_{conv_index}")
-    x = keras.layers.AveragePooling2D(2, name="avg_pool")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    outputs = _classifier(x, num_classes)
-    return keras.Model(inputs, outputs, name="vgg19_bn")
+            x = _conv_bn_relu(k, x, entry, f"block{pool_index + 1}_{conv_index}")
+    x = k.layers.AveragePooling2D(2, name="avg_pool")(x)
+    x = k.layers.Flatten(name="flatten")(x)
+    outputs = _classifier(k, x, num_classes)
+    return k.Model(inputs, outputs, name="vgg19_bn")
 
 
-def lenet_300_100(num_classes=10, input_shape=(28, 28, 1)):
+def lenet_300_100(num_classes=10, input_shape=(28, 28, 1), *, flavour="keras"):
     """LeNet-300-100: a fully connected network with 300 and 100 hidden units.
 
     Flatten, Dense(300) + ReLU, Dense(100) + ReLU, Dense(num_classes). The
@@ -266,9 +299,11 @@ def lenet_300_100(num_classes=10, input_shape=(28, 28, 1)):
         num_classes: Int >= 2. Number of classes. Defaults to `10`.
         input_shape: Non-empty tuple of positive ints. Defaults to
             `(28, 28, 1)`.
+        flavour: `"keras"` (Keras 3) or `"tf_keras"` (Keras 2, for
+            tensorflow-model-optimization). Defaults to `"keras"`.
 
     Returns:
-        A functional `keras.Model` named `"lenet_300_100"`.
+        A functional `keras.Model` (`tf_keras.Model`) named `"lenet_300_100"`.
 
     Example:
 
@@ -276,19 +311,20 @@ def lenet_300_100(num_classes=10, input_shape=(28, 28, 1)):
     """
     num_classes = _check_num_classes(num_classes)
     input_shape = _check_input_shape(input_shape)
-    inputs = keras.Input(input_shape, name="image")
-    x = keras.layers.Flatten(name="flatten")(inputs)
-    x = keras.layers.Dense(
+    k = _keras_module(flavour)
+    inputs = k.Input(input_shape, name="image")
+    x = k.layers.Flatten(name="flatten")(inputs)
+    x = k.layers.Dense(
         300, activation="relu", kernel_initializer=_INITIALIZER, name="dense1"
     )(x)
-    x = keras.layers.Dense(
+    x = k.layers.Dense(
         100, activation="relu", kernel_initializer=_INITIALIZER, name="dense2"
     )(x)
-    outputs = _classifier(x, num_classes)
-    return keras.Model(inputs, outputs, name="lenet_300_100")
+    outputs = _classifier(k, x, num_classes)
+    return k.Model(inputs, outputs, name="lenet_300_100")
 
 
-def small_cnn(num_classes=10, input_shape=(28, 28, 1)):
+def small_cnn(num_classes=10, input_shape=(28, 28, 1), *, flavour="keras"):
     """A small CNN for microcontrollers.
 
     Two blocks of 3x3 convolution (no bias) + BN + ReLU + 2x2 max-pool, with
@@ -302,9 +338,11 @@ def small_cnn(num_classes=10, input_shape=(28, 28, 1)):
         num_classes: Int >= 2. Number of classes. Defaults to `10`.
         input_shape: Tuple `(height, width, channels)` of positive ints, with
             height and width >= 4. Defaults to `(28, 28, 1)`.
+        flavour: `"keras"` (Keras 3) or `"tf_keras"` (Keras 2, for
+            tensorflow-model-optimization). Defaults to `"keras"`.
 
     Returns:
-        A functional `keras.Model` named `"small_cnn"`.
+        A functional `keras.Model` (`tf_keras.Model`) named `"small_cnn"`.
 
     Example:
 
@@ -314,11 +352,12 @@ def small_cnn(num_classes=10, input_shape=(28, 28, 1)):
     input_shape = _check_input_shape(
         input_shape, rank=3, min_size=4, requirement="two 2x2 max-pools"
     )
-    inputs = keras.Input(input_shape, name="image")
+    k = _keras_module(flavour)
+    inputs = k.Input(input_shape, name="image")
     x = inputs
     for index, filters in enumerate((16, 32), start=1):
-        x = _conv_bn_relu(x, filters, f"block{index}")
-        x = keras.layers.MaxPooling2D(2, name=f"block{index}_pool")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    outputs = _classifier(x, num_classes)
-    return keras.Model(inputs, outputs, name="small_cnn")
+        x = _conv_bn_relu(k, x, filters, f"block{index}")
+        x = k.layers.MaxPooling2D(2, name=f"block{index}_pool")(x)
+    x = k.layers.Flatten(name="flatten")(x)
+    outputs = _classifier(k, x, num_classes)
+    return k.Model(inputs, outputs, name="small_cnn")

@@ -184,6 +184,51 @@ def test_art_finetune_schedule_and_zero_finetune_epochs():
     np.testing.assert_allclose(rates[-2:], [0.05, 0.1 / 3], rtol=1e-6)
 
 
+def test_art_epoch_budget_stops_art_and_fills_the_budget_with_finetuning():
+    # eta barely above 1: the rule cannot fire within 9 ART epochs, so the
+    # budget ends ART after warm-up 3 + 9 ART epochs, with 4 fine-tuning left.
+    model, _, art = art_setup(
+        0.9, lambda_init=1e-9, eta=1.0001, finetune_epochs=4, epoch_budget=16
+    )
+    rates = []
+
+    class RecordRate(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            rates.append(float(self.model.optimizer.learning_rate))
+
+    _fit(model, art, callbacks=[RecordRate()])
+    phases = [h["phase"] for h in art.history]
+    assert phases == ["warmup"] * 3 + ["art"] * 9 + ["finetune"] * 4
+    assert art.phase == "done" and art.stopped_by_budget
+    assert art.termination_epoch == 11 and art.finetune_length == 4
+    best = art.best_candidate_epoch
+    assert 3 <= best <= 11
+    assert_sparsity(model, math.floor(0.9 * num_kernel_weights(model)))
+    _assert_masked_weights_are_zero(model, art.masks)
+    np.testing.assert_allclose(rates[-4:], [0.1, 0.1, 0.01, 0.001], rtol=1e-6)
+
+
+def test_art_epoch_budget_gives_early_termination_a_longer_finetuning():
+    model, _, art = art_setup(0.9, finetune_epochs=4)
+    _fit(model, art)
+    art_epochs = art.art_epochs_done
+    assert not art.stopped_by_budget and art.finetune_length == 4
+    budget = 3 + art_epochs + 10
+    model, _, art = art_setup(0.9, finetune_epochs=4, epoch_budget=budget)
+    rates = []
+
+    class RecordRate(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            rates.append(float(self.model.optimizer.learning_rate))
+
+    _fit(model, art, callbacks=[RecordRate()])
+    assert art.art_epochs_done == art_epochs and not art.stopped_by_budget
+    assert art.finetune_length == 10 and len(art.history) == budget
+    np.testing.assert_allclose(
+        rates[-10:], [0.1] * 5 + [0.01] * 3 + [0.001] * 2, rtol=1e-6
+    )
+
+
 @pytest.mark.parametrize("name", ["l1", "l2"])
 def test_art_with_adaptive_l1_l2(name):
     reg = {"l1": hypersparse_tf.AdaptiveL1(), "l2": hypersparse_tf.AdaptiveL2()}[name]
@@ -282,6 +327,10 @@ def test_art_bad_arguments():
         (dict(warmup_epochs=1.5), "warmup_epochs"),
         (dict(prune_rate=0.8), "prune_rate"),
         (dict(prune_rate=1.2), "prune_rate"),
+        # warm-up 60 + one ART epoch + fine-tuning 160 = 221 at least.
+        (dict(epoch_budget=220), "epoch_budget"),
+        (dict(epoch_budget=221.0), "epoch_budget"),
+        (dict(epoch_budget=True), "epoch_budget"),
     ]
     for kwargs, argument in cases:
         kwargs = dict({"eval_data": data}, **kwargs)
