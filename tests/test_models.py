@@ -1,11 +1,15 @@
 """Tests of the reference and device models: sizes, shapes, argument checks."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
+import tf_keras
 
 import hypersparse_tf
 from hypersparse_tf import models
+from tests.tf_keras_helpers import copy_weights_by_layer_name
 
 
 def num_prunable(model):
@@ -182,3 +186,103 @@ def test_models_bad_input_shape_raises(build, input_shape):
 def test_lenet_300_100_bad_input_shape_raises(input_shape):
     with pytest.raises(ValueError, match="Expected a non-empty tuple of positive"):
         models.lenet_300_100(input_shape=input_shape)
+
+
+# ----------------------------------------------------------------- flavour
+
+TWINS = {
+    "lenet_300_100": (models.lenet_300_100, {}, (28, 28, 1)),
+    "small_cnn": (models.small_cnn, {"input_shape": (8, 8, 1)}, (8, 8, 1)),
+    "resnet": (
+        models.resnet,
+        {"depth": 8, "width": 8, "input_shape": (16, 16, 3)},
+        (16, 16, 3),
+    ),
+}
+
+
+def prunable_shapes(model):
+    weights = hypersparse_tf.prunable_weights(model)
+    return [(key, tuple(weight.shape)) for key, weight in weights.items()]
+
+
+def randomize_batch_norm(model, rng):
+    """Moving statistics and affine parameters away from the identity."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
+                    rng.normal(0, 0.1, beta.shape).astype("float32"),
+                    rng.normal(0, 0.1, mean.shape).astype("float32"),
+                    rng.uniform(0.5, 1.5, variance.shape).astype("float32"),
+                ]
+            )
+
+
+@pytest.mark.parametrize("name", list(TWINS))
+def test_models_tf_keras_flavour_is_the_same_network(name):
+    build, kwargs, input_shape = TWINS[name]
+    keras.utils.set_random_seed(0)
+    keras3 = build(**kwargs)
+    twin = build(**kwargs, flavour="tf_keras")
+    assert isinstance(keras3, keras.Model)
+    assert isinstance(twin, tf_keras.Model)
+    assert not isinstance(twin, keras.Model)
+    assert twin.name == keras3.name
+    assert [layer.name for layer in twin.layers] == [
+        layer.name for layer in keras3.layers
+    ]
+    assert prunable_shapes(twin) == prunable_shapes(keras3)
+    assert twin.count_params() == keras3.count_params()
+    assert len(twin.non_trainable_weights) == len(keras3.non_trainable_weights)
+
+    rng = np.random.default_rng(0)
+    randomize_batch_norm(keras3, rng)
+    copy_weights_by_layer_name(keras3, twin)
+    x = rng.normal(size=(4, *input_shape)).astype("float32")
+    expected = np.asarray(keras3(x, training=False))
+    np.testing.assert_allclose(
+        np.asarray(twin(x, training=False)), expected, rtol=0, atol=1e-5
+    )
+    assert expected.shape == (4, 10) and np.abs(expected).max() > 1e-2
+    # The same weights give the same masks: masks move between flavours.
+    masks = hypersparse_tf.global_magnitude_masks(keras3, 0.9)
+    twin_masks = hypersparse_tf.global_magnitude_masks(twin, 0.9)
+    for key, mask in masks.items():
+        np.testing.assert_array_equal(twin_masks[key], mask)
+
+
+def test_vgg19_bn_tf_keras_flavour_has_the_same_weights():
+    keras3 = models.vgg19_bn()
+    twin = models.vgg19_bn(flavour="tf_keras")
+    assert isinstance(twin, tf_keras.Model)
+    assert [layer.name for layer in twin.layers] == [
+        layer.name for layer in keras3.layers
+    ]
+    assert prunable_shapes(twin) == prunable_shapes(keras3)
+    assert twin.count_params() == keras3.count_params() == 20_046_026
+    assert num_prunable(twin) == 20_024_000
+
+
+@pytest.mark.parametrize(
+    "build",
+    [models.resnet, models.vgg19_bn, models.lenet_300_100, models.small_cnn],
+    ids=["resnet", "vgg19_bn", "lenet_300_100", "small_cnn"],
+)
+@pytest.mark.parametrize("flavour", ["keras2", "tf.keras", "Keras", None, 3])
+def test_models_bad_flavour_raises(build, flavour):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"argument `flavour`. Expected one of \['keras', 'tf_keras'\]. "
+            rf"Received: flavour={re.escape(repr(flavour))}"
+        ),
+    ):
+        build(flavour=flavour)
+
+
+def test_models_flavour_is_keyword_only():
+    with pytest.raises(TypeError):
+        models.lenet_300_100(10, (28, 28, 1), "tf_keras")
