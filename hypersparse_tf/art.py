@@ -101,6 +101,11 @@ def _eval_dataset(eval_data):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(_EVAL_BATCH_SIZE)
 
 
+class _ARTMaskConstraint(masks_lib.MaskConstraint):
+    """ART's mask: all ones until fine-tuning (the optimizer reads constraints
+    when the train step is traced, so it is installed for the whole run)."""
+
+
 def _optimizer_variables(optimizer):
     """The variables of a Keras 3 or tf_keras optimizer, as a list."""
     variables = optimizer.variables
@@ -615,7 +620,7 @@ class ART(keras.callbacks.Callback):
 
     def _install_mask_constraints(self):
         if self._mask_variables is not None and all(
-            isinstance(masks_lib.variable_constraint(w), masks_lib.MaskConstraint)
+            isinstance(masks_lib.variable_constraint(w), _ARTMaskConstraint)
             for w in self._kernels.values()
         ):
             return
@@ -631,10 +636,11 @@ class ART(keras.callbacks.Callback):
                 )
                 self._mask_variables[key] = mask
                 previous = masks_lib.variable_constraint(weight)
-                if isinstance(previous, masks_lib.MaskConstraint):
+                # An earlier ART's mask is replaced; a `fix_masks` mask stays.
+                if isinstance(previous, _ARTMaskConstraint):
                     previous = previous.previous
-                masks_lib.setmasks_lib.variable_constraint(
-                    weight, masks_lib.MaskConstraint(mask, previous)
+                masks_lib.set_variable_constraint(
+                    weight, _ARTMaskConstraint(mask, previous)
                 )
 
     def _load_mask_variables(self, masks):

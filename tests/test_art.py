@@ -229,6 +229,23 @@ def test_art_epoch_budget_gives_early_termination_a_longer_finetuning():
     )
 
 
+def test_art_keeps_a_fix_masks_mask_of_the_user():
+    model = compiled(mlp())
+    rng = np.random.default_rng(0)
+    fixed = {
+        key: rng.random(w.shape) < 0.5
+        for key, w in hypersparse_tf.prunable_weights(model).items()
+    }
+    hypersparse_tf.fix_masks(model, fixed)
+    model, _, art = art_setup(0.9, model=model, warmup_epochs=4)
+    _fit(model, art, epochs=4)  # ART's own mask (all ones) is installed
+    assert art.phase == "art"
+    for key, weight in hypersparse_tf.prunable_weights(model).items():
+        value = weight.numpy()
+        assert np.all(value[~fixed[key]] == 0)
+        assert np.count_nonzero(value[fixed[key]]) > 0.9 * fixed[key].sum()
+
+
 @pytest.mark.parametrize("name", ["l1", "l2"])
 def test_art_with_adaptive_l1_l2(name):
     reg = {"l1": hypersparse_tf.AdaptiveL1(), "l2": hypersparse_tf.AdaptiveL2()}[name]
