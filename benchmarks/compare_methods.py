@@ -264,13 +264,14 @@ def run_job(setting, seed, sparsities, methods, threads, verbose=0):
     rest = setting.budget_epochs - setting.warmup_epochs
 
     def fit(model, epochs, callbacks=()):
-        model.fit(
+        history = model.fit(
             pipes["train"],
             steps_per_epoch=steps,
             epochs=epochs,
             callbacks=list(callbacks),
             verbose=verbose,
         )
+        return [float(a) for a in history.history["accuracy"]]
 
     def test_accuracy(model):
         return float(model.evaluate(pipes["test"], verbose=0)[1])
@@ -311,16 +312,30 @@ def run_job(setting, seed, sparsities, methods, threads, verbose=0):
     keras.utils.set_random_seed(seed)
     model = _build(setting, data.num_classes, data.input_shape)
     _compile(keras, model, setting)
-    fit(model, setting.warmup_epochs)
+    warm_history = fit(model, setting.warmup_epochs)
     warm_weights = model.get_weights()
     warmup_seconds = time.perf_counter() - start
-    row("warmup", 0.0, model, start, epochs=setting.warmup_epochs)
+    row(
+        "warmup",
+        0.0,
+        model,
+        start,
+        epochs=setting.warmup_epochs,
+        train_accuracy_history=warm_history,
+    )
 
     start = time.perf_counter()
     keras.utils.set_random_seed(seed + 1000)
     model = fresh_model(warm_weights)
-    fit(model, rest, [finetune_schedule(rest)])
-    row("dense", 0.0, model, start, epochs=setting.budget_epochs)
+    history = fit(model, rest, [finetune_schedule(rest)])
+    row(
+        "dense",
+        0.0,
+        model,
+        start,
+        epochs=setting.budget_epochs,
+        train_accuracy_history=history,
+    )
 
     for target in sparsities:
         for method in methods:
@@ -373,7 +388,7 @@ def run_job(setting, seed, sparsities, methods, threads, verbose=0):
                 masks = hypersparse_tf.global_magnitude_masks(model, target)
                 hypersparse_tf.fix_masks(model, masks)
                 at_pruning = test_accuracy(model)
-                fit(model, rest, [finetune_schedule(rest)])
+                history = fit(model, rest, [finetune_schedule(rest)])
                 row(
                     method,
                     target,
@@ -381,6 +396,7 @@ def run_job(setting, seed, sparsities, methods, threads, verbose=0):
                     start,
                     epochs=setting.budget_epochs,
                     accuracy_right_after_pruning=at_pruning,
+                    train_accuracy_history=history,
                 )
             elif method == "tfmot_gmp":
                 model, extra = _tfmot_gmp(
@@ -424,7 +440,7 @@ def _tfmot_gmp(setting, data, warm_weights, target, fit, steps, rest):
         length = setting.finetune_epochs
         return setting.learning_rate * _lr_factor(epoch - prune_epochs, length)
 
-    fit(
+    history = fit(
         pruned,
         rest,
         [
@@ -439,6 +455,7 @@ def _tfmot_gmp(setting, data, warm_weights, target, fit, steps, rest):
         prune_epochs=prune_epochs,
         pruning_frequency_steps=frequency,
         pruning_end_step=end_step,
+        train_accuracy_history=history,
     )
 
 

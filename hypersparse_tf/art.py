@@ -101,6 +101,19 @@ def _eval_dataset(eval_data):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(_EVAL_BATCH_SIZE)
 
 
+def _batchnorm_layers(model):
+    """The BatchNormalization layers of a Keras 3 or tf_keras model, nested
+    models included."""
+    classes = [keras.layers.BatchNormalization]
+    if prunable.is_tf_keras(model):
+        classes.append(sys.modules["tf_keras"].layers.BatchNormalization)
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, tuple(classes))
+    ]
+
+
 class _ARTMaskConstraint(masks_lib.MaskConstraint):
     """ART's mask: all ones until fine-tuning (the optimizer reads constraints
     when the train step is traced, so it is installed for the whole run)."""
@@ -227,6 +240,15 @@ class ART(keras.callbacks.Callback):
         finetune_schedule: Callable `(finetune_epoch, initial_lr) -> lr` or
             None. Learning rate of each fine-tuning epoch. Defaults to `None`
             (x0.1 at 50% and 75%).
+        recalibrate_batchnorm: Int >= 0. If > 0, the BatchNorm moving
+            statistics of the pruned copy are re-estimated on the first this
+            many samples of `eval_data` (one forward pass in training mode with
+            the momentum at 0) before its accuracy is measured, and put back
+            afterwards. Pruning changes the activations, so the dense model's
+            statistics can make a pruned copy of a BatchNorm network look far
+            worse than it is (measured: 90% of a ResNet-8, 19% with the dense
+            statistics, 36% re-estimated). Defaults to `0`: the dense
+            statistics, as the reference code.
         epoch_budget: Int or None. Epochs of warm-up, ART and fine-tuning
             together, for comparing methods on the same budget. ART then ends
             at the latest when `finetune_epochs` epochs of the budget remain
@@ -267,6 +289,7 @@ class ART(keras.callbacks.Callback):
         prune_rate=None,
         accuracy_metric=None,
         finetune_schedule=None,
+        recalibrate_batchnorm=0,
         epoch_budget=None,
         backup_dir=None,
         verbose=1,
@@ -321,6 +344,10 @@ class ART(keras.callbacks.Callback):
         self.eta = _check_float(eta, "eta", "a float > 1", lambda v: v > 1)
         self.finetune_epochs = _check_int(finetune_epochs, "finetune_epochs", 0)
         self.buffer_size = _check_int(buffer_size, "buffer_size", 0)
+        self.recalibrate_batchnorm = _check_int(
+            recalibrate_batchnorm, "recalibrate_batchnorm", 0
+        )
+        self._recalibration_inputs = None
         if epoch_budget is not None:
             least = self.warmup_epochs + 1 + self.finetune_epochs
             if (
@@ -598,8 +625,11 @@ class ART(keras.callbacks.Callback):
             self._predict = tf.function(
                 lambda x: model(x, training=False), reduce_retracing=True
             )
+        saved_statistics = []
         try:
             masks_lib.assign_masked(self._kernels, masks)
+            if self.recalibrate_batchnorm:
+                saved_statistics = self._recalibrate_batchnorm()
             correct = 0
             total = 0
             for batch in self._eval_dataset:
@@ -614,7 +644,40 @@ class ART(keras.callbacks.Callback):
         finally:
             for key, weight in self._kernels.items():
                 weight.assign(kernel_values[key])
+            for variable, value in saved_statistics:
+                variable.assign(value)
         return correct / total
+
+    def _recalibrate_batchnorm(self):
+        """Sets the BatchNorm moving statistics to those of the current
+        weights on the first `recalibrate_batchnorm` samples of `eval_data`;
+        returns the `(variable, old value)` pairs to put back."""
+        layers = _batchnorm_layers(self.model)
+        if not layers:
+            return []
+        if self._recalibration_inputs is None:
+            inputs, count = [], 0
+            for batch in self._eval_dataset:
+                inputs.append(batch[0])
+                count += int(batch[0].shape[0])
+                if count >= self.recalibrate_batchnorm:
+                    break
+            inputs = tf.concat(inputs, axis=0)[: self.recalibrate_batchnorm]
+            self._recalibration_inputs = inputs
+        saved = [
+            (variable, variable.numpy())
+            for layer in layers
+            for variable in (layer.moving_mean, layer.moving_variance)
+        ]
+        momenta = [layer.momentum for layer in layers]
+        try:
+            for layer in layers:
+                layer.momentum = 0.0
+            self.model(self._recalibration_inputs, training=True)
+        finally:
+            for layer, momentum in zip(layers, momenta, strict=True):
+                layer.momentum = momentum
+        return saved
 
     # ----------------------------------------------------------------- masks
 
@@ -912,6 +975,7 @@ class ART(keras.callbacks.Callback):
             "finetune_epochs": self.finetune_epochs,
             "epoch_budget": self.epoch_budget,
             "buffer_size": self.buffer_size,
+            "recalibrate_batchnorm": self.recalibrate_batchnorm,
             "prune_rate": self.prune_rate,
             "accuracy_metric": self.accuracy_metric,
             "backup_dir": self.backup_dir,

@@ -246,6 +246,56 @@ def test_art_keeps_a_fix_masks_mask_of_the_user():
         assert np.count_nonzero(value[fixed[key]]) > 0.9 * fixed[key].sum()
 
 
+def _bn_mlp(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((64,))
+    h = keras.layers.Dense(32, name="d1")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.ReLU()(h)
+    outputs = keras.layers.Dense(10, activation="softmax", name="out")(h)
+    return compiled(keras.Model(inputs, outputs))
+
+
+@pytest.mark.parametrize("samples", [0, 200])
+def test_art_pruned_accuracy_with_recalibrated_batchnorm(samples):
+    model = _bn_mlp()
+    x_train, _, y_train, _ = digits()
+    model.fit(x_train, y_train, epochs=2, batch_size=64, verbose=0)
+    bn = model.get_layer("bn")
+    reg = hypersparse_tf.HyperSparse(0.9)
+    hypersparse_tf.attach(model, reg)
+    art = hypersparse_tf.ART(
+        reg, (x_train, y_train), recalibrate_batchnorm=samples, verbose=0
+    )
+    art.set_model(model)
+    art.on_train_begin()
+    before = [w.copy() for w in model.get_weights()]
+    kernels = {k: v.numpy() for k, v in art._kernels.items()}
+    masks = hypersparse_tf.global_magnitude_masks(model, 0.9)
+    accuracy = art._pruned_accuracy(kernels, masks)
+    for a, b in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(a, b)  # statistics and kernels put back
+    # NumPy reference: the pruned network, BatchNorm statistics either the
+    # dense model's or the biased moments of its input on the first samples.
+    w1 = np.where(masks["d1/kernel"], kernels["d1/kernel"], 0).astype(np.float64)
+    w2 = np.where(masks["out/kernel"], kernels["out/kernel"], 0).astype(np.float64)
+    b1 = model.get_layer("d1").bias.numpy()
+    b2 = model.get_layer("out").bias.numpy()
+    h = x_train.astype(np.float64) @ w1 + b1
+    mean, var = bn.moving_mean.numpy(), bn.moving_variance.numpy()
+    if samples:
+        mean, var = h[:samples].mean(axis=0), h[:samples].var(axis=0)
+    h = (h - mean) / np.sqrt(var + bn.epsilon) * bn.gamma.numpy() + bn.beta.numpy()
+    logits = np.maximum(h, 0) @ w2 + b2
+    expected = np.mean(np.argmax(logits, axis=-1) == y_train)
+    assert accuracy == pytest.approx(expected, abs=2 / len(y_train))
+    if samples:
+        stale = art.recalibrate_batchnorm
+        art.recalibrate_batchnorm = 0
+        assert art._pruned_accuracy(kernels, masks) != accuracy
+        art.recalibrate_batchnorm = stale
+
+
 @pytest.mark.parametrize("name", ["l1", "l2"])
 def test_art_with_adaptive_l1_l2(name):
     reg = {"l1": hypersparse_tf.AdaptiveL1(), "l2": hypersparse_tf.AdaptiveL2()}[name]
@@ -348,6 +398,8 @@ def test_art_bad_arguments():
         (dict(epoch_budget=220), "epoch_budget"),
         (dict(epoch_budget=221.0), "epoch_budget"),
         (dict(epoch_budget=True), "epoch_budget"),
+        (dict(recalibrate_batchnorm=-1), "recalibrate_batchnorm"),
+        (dict(recalibrate_batchnorm=True), "recalibrate_batchnorm"),
     ]
     for kwargs, argument in cases:
         kwargs = dict({"eval_data": data}, **kwargs)
