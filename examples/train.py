@@ -49,6 +49,18 @@ flags.DEFINE_float("lambda_init", _DEFAULT.lambda_init, "First ART coefficient."
 flags.DEFINE_float("eta", _DEFAULT.eta, "Growth of the coefficient per ART epoch.")
 flags.DEFINE_integer("finetune_epochs", _DEFAULT.finetune_epochs, "Masked epochs.")
 flags.DEFINE_integer("buffer_size", _DEFAULT.buffer_size, "ART buffer b (2b+1).")
+flags.DEFINE_integer(
+    "recalibrate_batchnorm",
+    _DEFAULT.recalibrate_batchnorm,
+    "Re-estimate the pruned copy's BatchNorm statistics on this many samples "
+    "before measuring its accuracy (0: no, as the reference code).",
+)
+flags.DEFINE_integer(
+    "epoch_budget",
+    _DEFAULT.epoch_budget,
+    "Epochs in all: ART ends when finetune_epochs remain, fine-tuning fills "
+    "the rest (default: no budget).",
+)
 flags.DEFINE_integer("max_epochs", _DEFAULT.max_epochs, "Upper bound on epochs.")
 flags.DEFINE_integer("batch_size", _DEFAULT.batch_size, "Batch size per replica.")
 flags.DEFINE_float("learning_rate", _DEFAULT.learning_rate, "SGD learning rate.")

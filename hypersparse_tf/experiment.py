@@ -51,6 +51,8 @@ class Config:
     eta: float = 1.1
     finetune_epochs: int = 20
     buffer_size: int = 1
+    recalibrate_batchnorm: int = 0
+    epoch_budget: int = None
     max_epochs: int = 300
     batch_size: int = 64
     learning_rate: float = 0.1
@@ -109,6 +111,20 @@ def check_config(config):
     for target in config.export:
         _check_choice(target, "export", EXPORTS)
     prunable.check_prune_rate(config.prune_rate)
+    if config.epoch_budget is not None:
+        least = config.warmup_epochs + 1 + config.finetune_epochs
+        if not least <= config.epoch_budget <= config.max_epochs:
+            raise ValueError(
+                "Invalid value for argument `epoch_budget`. Expected None or an "
+                f"int from {least} (warmup_epochs + one ART epoch + "
+                f"finetune_epochs) to max_epochs={config.max_epochs}. Received: "
+                f"epoch_budget={config.epoch_budget!r}"
+            )
+    if config.recalibrate_batchnorm < 0:
+        raise ValueError(
+            "Invalid value for argument `recalibrate_batchnorm`. Expected an int "
+            f">= 0. Received: recalibrate_batchnorm={config.recalibrate_batchnorm!r}"
+        )
     return config
 
 
@@ -303,6 +319,8 @@ def train_and_evaluate(config, output_dir, overwrite=False, verbose=1):
         eta=config.eta,
         finetune_epochs=config.finetune_epochs,
         buffer_size=config.buffer_size,
+        recalibrate_batchnorm=config.recalibrate_batchnorm,
+        epoch_budget=config.epoch_budget,
         prune_rate=None if config.regularizer == "hs" else config.prune_rate,
         verbose=verbose,
     )

@@ -125,6 +125,37 @@ def test_script_bad_prune_rate_is_the_library_error():
         _config("--prune_rate=1.5")
 
 
+@pytest.mark.parametrize(
+    "argv, argument",
+    [
+        (["--epoch_budget=30"], "epoch_budget"),  # < 10 + 1 + 20
+        (["--epoch_budget=301"], "epoch_budget"),  # > max_epochs 300
+        (["--recalibrate_batchnorm=-1"], "recalibrate_batchnorm"),
+    ],
+)
+def test_script_bad_budget_and_recalibration_are_library_errors(
+    argv, argument, tmp_path
+):
+    with pytest.raises(ValueError, match=f"argument `{argument}`"):
+        _config(*argv)
+    config = experiment.Config(
+        **{argv[0][2:].split("=")[0]: int(argv[0].split("=")[1])}
+    )
+    with pytest.raises(ValueError, match=f"argument `{argument}`"):
+        experiment.train_and_evaluate(config, str(tmp_path / "run"), verbose=0)
+    assert not (tmp_path / "run").exists()
+
+
+def test_budget_and_recalibration_reach_art(tmp_path):
+    config = experiment.Config(
+        **TINY, max_epochs=60, epoch_budget=12, recalibrate_batchnorm=64, export=()
+    )
+    summary = experiment.train_and_evaluate(config, str(tmp_path / "run"), verbose=0)
+    assert summary["phase"] == "done" and summary["epochs"] == 12
+    config = _config("--epoch_budget=40", "--recalibrate_batchnorm=256")
+    assert config.epoch_budget == 40 and config.recalibrate_batchnorm == 256
+
+
 def test_unknown_dataset_lists_the_choices(tmp_path):
     config = experiment.Config(dataset="no_such_data_set_here")
     with pytest.raises(ValueError, match="digits"):
