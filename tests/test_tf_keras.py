@@ -392,3 +392,43 @@ def test_art_callback_of_the_wrong_flavour_says_what_to_do():
     with pytest.raises(TypeError, match="is a Keras 3 model: pass the `ART`"):
         keras3.fit(x_train, y_train, epochs=1, callbacks=[art.for_tf_keras()])
     assert int(keras3.optimizer.iterations.numpy()) == 0
+
+
+def test_art_tf_keras_recalibrates_batchnorm_as_keras_3():
+    from tests.test_art import _bn_mlp
+
+    keras3 = _bn_mlp()
+    x_train, _, y_train, _ = digits()
+    keras3.fit(x_train, y_train, epochs=2, batch_size=64, verbose=0)
+    inputs = tf_keras.Input((64,))
+    h = tf_keras.layers.Dense(32, name="d1")(inputs)
+    h = tf_keras.layers.BatchNormalization(name="bn")(h)
+    h = tf_keras.layers.ReLU()(h)
+    outputs = tf_keras.layers.Dense(10, activation="softmax", name="out")(h)
+    twin = tf_keras_compiled(tf_keras.Model(inputs, outputs))
+    for layer in keras3.layers:
+        if layer.weights:
+            twin.get_layer(layer.name).set_weights(layer.get_weights())
+    masks = hypersparse_tf.global_magnitude_masks(keras3, 0.9)
+    accuracies = {}
+    for name, model in (("keras3", keras3), ("tf_keras", twin)):
+        reg = hypersparse_tf.HyperSparse(0.9)
+        hypersparse_tf.attach(model, reg)
+        art = hypersparse_tf.ART(
+            reg, (x_train, y_train), recalibrate_batchnorm=200, verbose=0
+        )
+        art.set_model(model)
+        art.on_train_begin()
+        before = [w.copy() for w in model.get_weights()]
+        kernels = {k: v.numpy() for k, v in art._kernels.items()}
+        accuracies[name] = art._pruned_accuracy(kernels, masks)
+        for a, b in zip(model.get_weights(), before, strict=True):
+            np.testing.assert_array_equal(a, b)
+        art.recalibrate_batchnorm = 0
+        accuracies[name + "_stale"] = art._pruned_accuracy(kernels, masks)
+    tolerance = 2 / len(y_train)
+    assert accuracies["tf_keras"] == pytest.approx(accuracies["keras3"], abs=tolerance)
+    assert accuracies["tf_keras_stale"] == pytest.approx(
+        accuracies["keras3_stale"], abs=tolerance
+    )
+    assert abs(accuracies["keras3"] - accuracies["keras3_stale"]) > tolerance
