@@ -247,7 +247,11 @@ class ART(keras.callbacks.Callback):
             afterwards. Pruning changes the activations, so the dense model's
             statistics can make a pruned copy of a BatchNorm network look far
             worse than it is (measured: 90% of a ResNet-8, 19% with the dense
-            statistics, 36% re-estimated). Defaults to `0`: the dense
+            statistics, 36% re-estimated). The statistics are also
+            re-estimated, and kept, when fine-tuning starts from the pruned
+            best candidate: a short fine-tuning (few steps at BatchNorm's
+            momentum 0.99) would otherwise end with statistics still partly
+            those of the dense network. Defaults to `0`: the dense
             statistics, as the reference code.
         epoch_budget: Int or None. Epochs of warm-up, ART and fine-tuning
             together, for comparing methods on the same budget. ART then ends
@@ -605,6 +609,8 @@ class ART(keras.callbacks.Callback):
         self.model.set_weights(best["weights"])
         self.masks = best["masks"]
         masks_lib.assign_masked(self._kernels, self.masks)
+        if self.recalibrate_batchnorm:
+            self._recalibrate_batchnorm()  # kept: fine-tuning starts from them
         self._load_mask_variables(self.masks)
         self._reset_optimizer()
         self._buffer = []

@@ -296,6 +296,32 @@ def test_art_pruned_accuracy_with_recalibrated_batchnorm(samples):
         art.recalibrate_batchnorm = stale
 
 
+@pytest.mark.parametrize("samples", [0, 300])
+def test_art_recalibrated_batchnorm_kept_for_finetuning(samples):
+    model = _bn_mlp()
+    x_train, _, y_train, _ = digits()
+    reg = hypersparse_tf.HyperSparse(0.9)
+    hypersparse_tf.attach(model, reg)
+    settings = dict(FAST, finetune_epochs=0, recalibrate_batchnorm=samples)
+    art = hypersparse_tf.ART(reg, (x_train, y_train), **settings)
+    _fit(model, art)
+    assert art.phase == "done"
+    best = next(e for e in art.history if e["epoch"] == art.best_candidate_epoch)
+    assert best["phase"] == "art"
+    bn = model.get_layer("bn")
+    d1 = model.get_layer("d1")
+    h = x_train.astype(np.float64) @ d1.kernel.numpy() + d1.bias.numpy()
+    if samples:  # the moments of the pruned layer's output on the samples
+        np.testing.assert_allclose(
+            bn.moving_mean.numpy(), h[:samples].mean(axis=0), atol=1e-5
+        )
+        np.testing.assert_allclose(
+            bn.moving_variance.numpy(), h[:samples].var(axis=0), rtol=1e-4, atol=1e-6
+        )
+    else:  # the best candidate's, from the dense network
+        assert not np.allclose(bn.moving_mean.numpy(), h[:300].mean(axis=0), atol=1e-3)
+
+
 @pytest.mark.parametrize("name", ["l1", "l2"])
 def test_art_with_adaptive_l1_l2(name):
     reg = {"l1": hypersparse_tf.AdaptiveL1(), "l2": hypersparse_tf.AdaptiveL2()}[name]
