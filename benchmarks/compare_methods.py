@@ -223,6 +223,12 @@ _OVERRIDES["buffer_size"] = flags.DEFINE_integer(
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", "benchmarks/results", "Where the results are written."
 )
+_REPLOT = flags.DEFINE_bool(
+    "replot",
+    False,
+    "Train nothing: redraw the Markdown and the PNG from the JSON of an earlier "
+    "run in --output_dir (same --name).",
+)
 _NAME = flags.DEFINE_string(
     "name",
     None,
@@ -547,13 +553,14 @@ def _group(rows):
     return groups
 
 
-def write_markdown(path, results, settings, argv, elapsed, jobs):
+def write_markdown(path, results, settings, argv, elapsed, jobs, date=None):
     rows = [r for job in results for r in job["rows"]]
     groups = _group(rows)
     lines = [
         "# HyperSparse against other sparsification methods",
         "",
-        f"Written by `benchmarks/compare_methods.py` on {datetime.date.today()}, "
+        f"Written by `benchmarks/compare_methods.py`, run started "
+        f"{date or datetime.date.today()}, "
         f"{platform.machine()}, {os.cpu_count()} CPU cores, Python "
         f"{platform.python_version()}, {_versions()}.",
         "",
@@ -699,8 +706,10 @@ def write_plot(path, results, settings):
     groups = _group(rows)
     names = [n for n in settings if any(r["setting"] == n for r in rows)]
     fig, axes = plt.subplots(
-        1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False
+        1, len(names), figsize=(5.5 * len(names), 4.6), squeeze=False
     )
+    colors = plt.get_cmap("tab10")
+    legend = {}
     for ax, name in zip(axes[0], names, strict=True):
         targets = sorted({r["target"] for r in rows if r["setting"] == name} - {0.0})
         positions = np.arange(len(targets))
@@ -714,26 +723,36 @@ def write_plot(path, results, settings):
                 highs.append(0 if m is None else 100 * (hi - m))
             if all(np.isnan(means)):
                 continue
-            ax.errorbar(
+            legend[method] = ax.errorbar(
                 positions + (offset - 2.5) * 0.05,
                 means,
                 yerr=[lows, highs],
                 marker="o",
                 capsize=3,
+                color=colors(offset),
                 label=LABELS[method],
             )
         dense = groups.get((name, "dense", 0.0))
         if dense:
             m = 100 * np.mean([r["test_accuracy"] for r in dense])
-            ax.axhline(m, color="gray", linestyle="--", label="dense (same budget)")
+            legend["dense"] = ax.axhline(
+                m, color="gray", linestyle="--", label="dense (same budget)"
+            )
         ax.set_xticks(positions)
         ax.set_xticklabels([f"{100 * t:g}%" for t in targets])
         ax.set_xlabel("sparsity of the kernels")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(settings[name].title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    order = [m for m in (*METHODS, "dense") if m in legend]
+    fig.legend(
+        [legend[m] for m in order],
+        [LABELS[m] if m != "dense" else "dense (same budget)" for m in order],
+        loc="lower center",
+        ncol=min(len(order), 4),
+        fontsize=8,
+    )
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -779,9 +798,30 @@ def _settings():
     return settings
 
 
+def replot(out, name):
+    """Writes `<name>.md` and `<name>.png` again from `<name>.json`."""
+    with open(out / f"{name}.json") as f:
+        report = json.load(f)
+    settings = {n: Setting(**s) for n, s in report["settings"].items()}
+    jobs = max(1, min(2, len(report["jobs"])))
+    write_markdown(
+        out / f"{name}.md",
+        report["jobs"],
+        settings,
+        report["command"],
+        report["elapsed_seconds"],
+        report.get("processes", jobs),
+        report.get("date"),
+    )
+    write_plot(out / f"{name}.png", report["jobs"], settings)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _REPLOT.value:
+        replot(pathlib.Path(_OUTPUT_DIR.value), _NAME.value or "compare_methods")
+        return
     settings = _settings()
     methods = list(_METHODS.value)
     unknown = [m for m in methods if m not in METHODS]
@@ -810,6 +850,7 @@ def main(argv):
     )
     tasks = [(n, s, seed, sparsities, methods, threads) for n, s, seed in order]
     start = time.perf_counter()
+    started = str(datetime.date.today())
     results = []
     if jobs == 1:
         for task in tasks:
@@ -839,13 +880,17 @@ def main(argv):
             dict(
                 command=argv_shown,
                 elapsed_seconds=elapsed,
+                processes=jobs,
+                date=started,
                 settings={n: dataclasses.asdict(s) for n, s in settings.items()},
                 jobs=results,
             ),
             f,
             indent=1,
         )
-    write_markdown(out / f"{name}.md", results, settings, argv_shown, elapsed, jobs)
+    write_markdown(
+        out / f"{name}.md", results, settings, argv_shown, elapsed, jobs, started
+    )
     write_plot(out / f"{name}.png", results, settings)
     print((out / f"{name}.md").read_text())
 

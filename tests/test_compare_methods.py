@@ -95,6 +95,13 @@ def test_tiny_run_writes_table_plot_and_exact_sparsity(tmp_path):
     assert "benchmarks/compare_methods.py --settings=fmnist_lenet" in markdown
     assert "| 90% | ART + HyperSparse |" in markdown
     assert (out / "compare_methods.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --replot redraws both from the JSON alone, training nothing.
+    (out / "compare_methods.png").unlink()
+    (out / "compare_methods.md").unlink()
+    result = _run(tmp_path, "--replot", f"--output_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "compare_methods.md").read_text() == markdown
+    assert (out / "compare_methods.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bad_flags_are_usage_errors(tmp_path):
