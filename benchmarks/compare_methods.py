@@ -180,61 +180,67 @@ PAPER_SETTING = Setting(
     eta=1.05,
 )
 
-_SETTINGS = flags.DEFINE_list(
-    "settings", list(SETTINGS), f"Settings to run, of {list(SETTINGS)}."
-)
-_SPARSITIES = flags.DEFINE_list(
-    "sparsities", ["0.9", "0.98", "0.99", "0.995"], "Target sparsities."
-)
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1"], "Seeds (initialization, batches).")
-_METHODS = flags.DEFINE_list("methods", list(METHODS), f"Of {list(METHODS)}.")
-_JOBS = flags.DEFINE_integer(
-    "jobs", 2, "Processes at a time, one per (setting, seed); CPU threads split."
-)
-_GPU_PAPER = flags.DEFINE_bool(
-    "gpu_paper",
-    False,
-    "Run the paper's ResNet-32 / full CIFAR-10 protocol instead of the CPU "
-    "settings (for a machine with a GPU; one job at a time).",
-)
-_DATA_PATH = flags.DEFINE_string(
-    "data_path", None, "File or folder of the data set (default: usual places)."
-)
-_OVERRIDES = {
-    name: flags.DEFINE_integer(name, None, f"Override every setting's {name}.")
-    for name in (
-        "train_size",
-        "test_size",
-        "warmup_epochs",
-        "budget_epochs",
-        "finetune_epochs",
-        "batch_size",
+
+def _define_flags():
+    """Defines the absl flags: only when run as a script, so that importing
+    this module (tests, worker processes) defines none."""
+    global _SETTINGS, _SPARSITIES, _SEEDS, _METHODS, _JOBS, _GPU_PAPER
+    global _DATA_PATH, _OVERRIDES, _OUTPUT_DIR, _REPLOT, _NAME
+    _SETTINGS = flags.DEFINE_list(
+        "settings", list(SETTINGS), f"Settings to run, of {list(SETTINGS)}."
     )
-}
-_OVERRIDES.update(
-    {
-        name: flags.DEFINE_float(name, None, f"Override every setting's {name}.")
-        for name in ("lambda_init", "eta")
+    _SPARSITIES = flags.DEFINE_list(
+        "sparsities", ["0.9", "0.98", "0.99", "0.995"], "Target sparsities."
+    )
+    _SEEDS = flags.DEFINE_list("seeds", ["0", "1"], "Seeds (initialization, batches).")
+    _METHODS = flags.DEFINE_list("methods", list(METHODS), f"Of {list(METHODS)}.")
+    _JOBS = flags.DEFINE_integer(
+        "jobs", 2, "Processes at a time, one per (setting, seed); CPU threads split."
+    )
+    _GPU_PAPER = flags.DEFINE_bool(
+        "gpu_paper",
+        False,
+        "Run the paper's ResNet-32 / full CIFAR-10 protocol instead of the CPU "
+        "settings (for a machine with a GPU; one job at a time).",
+    )
+    _DATA_PATH = flags.DEFINE_string(
+        "data_path", None, "File or folder of the data set (default: usual places)."
+    )
+    _OVERRIDES = {
+        name: flags.DEFINE_integer(name, None, f"Override every setting's {name}.")
+        for name in (
+            "train_size",
+            "test_size",
+            "warmup_epochs",
+            "budget_epochs",
+            "finetune_epochs",
+            "batch_size",
+        )
     }
-)
-_OVERRIDES["buffer_size"] = flags.DEFINE_integer(
-    "buffer_size", None, "Override every setting's ART buffer_size."
-)
-_OUTPUT_DIR = flags.DEFINE_string(
-    "output_dir", "benchmarks/results", "Where the results are written."
-)
-_REPLOT = flags.DEFINE_bool(
-    "replot",
-    False,
-    "Train nothing: redraw the Markdown and the PNG from the JSON of an earlier "
-    "run in --output_dir (same --name).",
-)
-_NAME = flags.DEFINE_string(
-    "name",
-    None,
-    "Base name of the result files (default: compare_methods, "
-    "or compare_methods_gpu_paper with --gpu_paper).",
-)
+    _OVERRIDES.update(
+        {
+            name: flags.DEFINE_float(name, None, f"Override every setting's {name}.")
+            for name in ("lambda_init", "eta")
+        }
+    )
+    _OVERRIDES["buffer_size"] = flags.DEFINE_integer(
+        "buffer_size", None, "Override every setting's ART buffer_size."
+    )
+    _OUTPUT_DIR = flags.DEFINE_string(
+        "output_dir", "benchmarks/results", "Where the results are written."
+    )
+    _REPLOT = flags.DEFINE_bool(
+        "replot",
+        False,
+        "Train nothing: redraw the Markdown and the PNG from the JSON of an earlier "
+        "run in --output_dir (same --name).",
+    )
+    _NAME = flags.DEFINE_string(
+        "name",
+        None,
+        "Base name of the result files (default: compare_methods, "
+        "or compare_methods_gpu_paper with --gpu_paper).",
+    )
 
 
 # --------------------------------------------------------------------- worker
@@ -896,4 +902,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
