@@ -675,6 +675,8 @@ def _verdict_table(groups, name, targets, reference):
         for m in METHODS
         if m != reference and any(groups.get((name, m, t)) for t in targets)
     ]
+    if not others:
+        return []
     lines = [
         "",
         f"{LABELS[reference]} against each method (difference of mean test "
