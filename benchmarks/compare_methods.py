@@ -246,12 +246,6 @@ def _define_flags():
 # --------------------------------------------------------------------- worker
 
 
-def _lr_factor(epoch, length):
-    """The fine-tuning drops: x0.1 at 50% and at 75% of `length` epochs."""
-    factor = 0.1 if epoch >= math.ceil(0.5 * length) else 1.0
-    return factor * (0.1 if epoch >= math.ceil(0.75 * length) else 1.0)
-
-
 def _build(setting, num_classes, input_shape, flavour="keras"):
     from hypersparse_tf import models
 
@@ -287,6 +281,7 @@ def run_job(setting, seed, sparsities, methods, threads, verbose=0):
 
     import hypersparse_tf
     from hypersparse_tf import datasets
+    from hypersparse_tf.art import finetune_lr_factor
 
     data = datasets.load(
         setting.dataset,
@@ -314,7 +309,7 @@ def run_job(setting, seed, sparsities, methods, threads, verbose=0):
 
     def finetune_schedule(length):
         return keras.callbacks.LearningRateScheduler(
-            lambda epoch: setting.learning_rate * _lr_factor(epoch, length)
+            lambda epoch: setting.learning_rate * finetune_lr_factor(epoch, length)
         )
 
     def fresh_model(warm_weights):
@@ -349,8 +344,9 @@ def run_job(setting, seed, sparsities, methods, threads, verbose=0):
     model = _build(setting, data.num_classes, data.input_shape)
     _compile(keras, model, setting)
     warm_history = fit(model, setting.warmup_epochs)
-    warm_weights = model.get_weights()
-    warm_model = model
+    warm = model  # trained no further: every method starts from a copy
+    warm_weights = warm.get_weights()
+    has_batchnorm = _has_batchnorm(model)
     warmup_seconds = time.perf_counter() - start
     row(
         "warmup",
@@ -378,7 +374,7 @@ def run_job(setting, seed, sparsities, methods, threads, verbose=0):
         for method in methods:
             keras.utils.set_random_seed(seed + 1000)
             start = time.perf_counter()
-            if method == "art_hs_bn" and not _has_batchnorm(warm_model):
+            if method == "art_hs_bn" and not has_batchnorm:
                 continue  # the same as art_hs
             if method.startswith("art_"):
                 model = fresh_model(warm_weights)
@@ -440,9 +436,7 @@ def run_job(setting, seed, sparsities, methods, threads, verbose=0):
                     train_accuracy_history=history,
                 )
             elif method == "tfmot_gmp":
-                model, extra = _tfmot_gmp(
-                    setting, data, warm_weights, target, fit, steps, rest
-                )
+                model, extra = _tfmot_gmp(setting, data, warm, target, fit, steps, rest)
                 row(method, target, model, start, **extra)
             else:
                 raise ValueError(f"Unknown method {method!r}; one of {METHODS}.")
@@ -459,13 +453,14 @@ def _has_batchnorm(model):
     )
 
 
-def _tfmot_gmp(setting, data, warm_weights, target, fit, steps, rest):
-    """tfmot's gradual magnitude pruning on a tf_keras twin; the stripped model."""
+def _tfmot_gmp(setting, data, warm, target, fit, steps, rest):
+    """tfmot's gradual magnitude pruning on a tf_keras twin of the warm-up
+    model `warm`; returns the stripped model."""
     import tensorflow_model_optimization as tfmot
     import tf_keras
 
-    warm = _build(setting, data.num_classes, data.input_shape)
-    warm.set_weights(warm_weights)
+    from hypersparse_tf.art import finetune_lr_factor
+
     twin = _build(setting, data.num_classes, data.input_shape, flavour="tf_keras")
     for layer in warm.layers:
         if layer.weights:
@@ -487,7 +482,7 @@ def _tfmot_gmp(setting, data, warm_weights, target, fit, steps, rest):
         if epoch < prune_epochs:
             return setting.learning_rate
         length = setting.finetune_epochs
-        return setting.learning_rate * _lr_factor(epoch - prune_epochs, length)
+        return setting.learning_rate * finetune_lr_factor(epoch - prune_epochs, length)
 
     history = fit(
         pruned,

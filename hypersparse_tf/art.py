@@ -101,6 +101,33 @@ def _eval_dataset(eval_data):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(_EVAL_BATCH_SIZE)
 
 
+def finetune_lr_factor(epoch, length):
+    """ART's default fine-tuning schedule: the factor on the initial learning
+    rate in fine-tuning epoch `epoch` of `length`, x0.1 from 50% and again from
+    75% of `length` (epochs 80 and 120 of the reference's 160)."""
+    factor = 0.1 if epoch >= math.ceil(0.5 * length) else 1.0
+    return factor * (0.1 if epoch >= math.ceil(0.75 * length) else 1.0)
+
+
+def check_epoch_budget(epoch_budget, warmup_epochs, finetune_epochs):
+    """Returns `epoch_budget` (None or an int) after checking that it leaves
+    room for the warm-up, one ART epoch and `finetune_epochs`."""
+    if epoch_budget is None:
+        return None
+    least = warmup_epochs + 1 + finetune_epochs
+    if (
+        isinstance(epoch_budget, bool)
+        or not isinstance(epoch_budget, numbers.Integral)
+        or epoch_budget < least
+    ):
+        raise ValueError(
+            "Invalid value for argument `epoch_budget`. Expected None or an int "
+            f">= {least} (warmup_epochs + one ART epoch + finetune_epochs). "
+            f"Received: epoch_budget={epoch_budget!r}"
+        )
+    return int(epoch_budget)
+
+
 def _batchnorm_layers(model):
     """The BatchNormalization layers of a Keras 3 or tf_keras model, nested
     models included."""
@@ -352,19 +379,9 @@ class ART(keras.callbacks.Callback):
             recalibrate_batchnorm, "recalibrate_batchnorm", 0
         )
         self._recalibration_inputs = None
-        if epoch_budget is not None:
-            least = self.warmup_epochs + 1 + self.finetune_epochs
-            if (
-                isinstance(epoch_budget, bool)
-                or not isinstance(epoch_budget, numbers.Integral)
-                or epoch_budget < least
-            ):
-                raise ValueError(
-                    "Invalid value for argument `epoch_budget`. Expected None or "
-                    f"an int >= {least} (warmup_epochs + one ART epoch + "
-                    f"finetune_epochs). Received: epoch_budget={epoch_budget!r}"
-                )
-            epoch_budget = int(epoch_budget)
+        epoch_budget = check_epoch_budget(
+            epoch_budget, self.warmup_epochs, self.finetune_epochs
+        )
         self.epoch_budget = epoch_budget
         self.prune_rate = prune_rate
         self.accuracy_metric = accuracy_metric
@@ -418,7 +435,6 @@ class ART(keras.callbacks.Callback):
         self.finetune_epochs_done = 0
         self.termination_epoch = None
         self.stopped_by_budget = False
-        self.finetune_length = self.finetune_epochs
         self.history = []
         self.masks = None
         self.best_mean_pruned_accuracy = -math.inf
@@ -432,6 +448,15 @@ class ART(keras.callbacks.Callback):
     def buffer(self):
         """The last `2b + 1` ART epochs: (epoch, pruned accuracy) pairs."""
         return [(e["epoch"], e["pruned_accuracy"]) for e in self._buffer]
+
+    @property
+    def finetune_length(self):
+        """Epochs of fine-tuning: `finetune_epochs`, or with `epoch_budget`
+        what the budget leaves after warm-up and ART (meaningful once ART
+        has ended)."""
+        if self.epoch_budget is None:
+            return self.finetune_epochs
+        return self.epoch_budget - self.warmup_epochs_done - self.art_epochs_done
 
     @property
     def best_candidate_epoch(self):
@@ -577,34 +602,25 @@ class ART(keras.callbacks.Callback):
             self.best_mean_pruned_accuracy = mean
             self._best = self._buffer[len(self._buffer) // 2]
         self.art_epochs_done += 1
-        epochs_done = self.warmup_epochs_done + self.art_epochs_done
-        if self.best_mean_pruned_accuracy > dense_accuracy:
-            self.termination_epoch = self.epochs_seen
-            self._say(
-                f"ART terminated after {self.art_epochs_done} ART epochs: best "
-                f"mean pruned accuracy {self.best_mean_pruned_accuracy:.4f} > "
-                f"dense accuracy {dense_accuracy:.4f}. Fine-tuning from epoch "
-                f"{self._best['epoch']}."
-            )
-            self._start_finetuning(epochs_done)
-        elif (
+        rule_fired = self.best_mean_pruned_accuracy > dense_accuracy
+        out_of_budget = (
             self.epoch_budget is not None
-            and epochs_done >= self.epoch_budget - self.finetune_epochs
-        ):
+            and self.finetune_length <= self.finetune_epochs
+        )
+        if rule_fired or out_of_budget:
             self.termination_epoch = self.epochs_seen
-            self.stopped_by_budget = True
+            self.stopped_by_budget = not rule_fired
+            relation = ">" if rule_fired else "<="
             self._say(
-                f"ART stopped by the epoch budget after {self.art_epochs_done} ART "
-                f"epochs (best mean pruned accuracy "
-                f"{self.best_mean_pruned_accuracy:.4f}, dense accuracy "
-                f"{dense_accuracy:.4f}). Fine-tuning from epoch "
+                f"ART {'terminated' if rule_fired else 'stopped by the epoch budget'}"
+                f" after {self.art_epochs_done} ART epochs: best mean pruned "
+                f"accuracy {self.best_mean_pruned_accuracy:.4f} {relation} dense "
+                f"accuracy {dense_accuracy:.4f}. Fine-tuning from epoch "
                 f"{self._best['epoch']}."
             )
-            self._start_finetuning(epochs_done)
+            self._start_finetuning()
 
-    def _start_finetuning(self, epochs_done):
-        if self.epoch_budget is not None:
-            self.finetune_length = self.epoch_budget - epochs_done
+    def _start_finetuning(self):
         best = self._best
         self.model.set_weights(best["weights"])
         self.masks = best["masks"]
@@ -753,9 +769,7 @@ class ART(keras.callbacks.Callback):
         if self.finetune_schedule is not None:
             lr = self.finetune_schedule(epoch, self._initial_lr)
         else:
-            lr = self._initial_lr
-            lr *= 0.1 if epoch >= math.ceil(0.5 * self.finetune_length) else 1.0
-            lr *= 0.1 if epoch >= math.ceil(0.75 * self.finetune_length) else 1.0
+            lr = self._initial_lr * finetune_lr_factor(epoch, self.finetune_length)
         self._set_lr(lr)
 
     def _reset_optimizer(self):
@@ -858,7 +872,6 @@ class ART(keras.callbacks.Callback):
             "finetune_epochs_done": self.finetune_epochs_done,
             "termination_epoch": self.termination_epoch,
             "stopped_by_budget": self.stopped_by_budget,
-            "finetune_length": self.finetune_length,
             "history": self.history,
             "best_mean_pruned_accuracy": self.best_mean_pruned_accuracy,
             "initial_lr": self._initial_lr,
@@ -946,7 +959,6 @@ class ART(keras.callbacks.Callback):
         self.finetune_epochs_done = state["finetune_epochs_done"]
         self.termination_epoch = state["termination_epoch"]
         self.stopped_by_budget = state["stopped_by_budget"]
-        self.finetune_length = state["finetune_length"]
         self.history = state["history"]
         self.best_mean_pruned_accuracy = state["best_mean_pruned_accuracy"]
         self._initial_lr = state["initial_lr"]

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from hypersparse_tf import art as art_lib
 from hypersparse_tf import datasets
 from hypersparse_tf import masks as masks_lib
 from hypersparse_tf import models
@@ -111,15 +112,15 @@ def check_config(config):
     for target in config.export:
         _check_choice(target, "export", EXPORTS)
     prunable.check_prune_rate(config.prune_rate)
-    if config.epoch_budget is not None:
-        least = config.warmup_epochs + 1 + config.finetune_epochs
-        if not least <= config.epoch_budget <= config.max_epochs:
-            raise ValueError(
-                "Invalid value for argument `epoch_budget`. Expected None or an "
-                f"int from {least} (warmup_epochs + one ART epoch + "
-                f"finetune_epochs) to max_epochs={config.max_epochs}. Received: "
-                f"epoch_budget={config.epoch_budget!r}"
-            )
+    budget = art_lib.check_epoch_budget(
+        config.epoch_budget, config.warmup_epochs, config.finetune_epochs
+    )
+    if budget is not None and budget > config.max_epochs:
+        raise ValueError(
+            "Invalid value for argument `epoch_budget`. Expected None or an int "
+            f"<= max_epochs={config.max_epochs}. Received: "
+            f"epoch_budget={config.epoch_budget!r}"
+        )
     if config.recalibrate_batchnorm < 0:
         raise ValueError(
             "Invalid value for argument `recalibrate_batchnorm`. Expected an int "

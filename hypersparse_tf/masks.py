@@ -239,7 +239,7 @@ def fix_masks(model, masks, predicate=None):
         if isinstance(previous, MaskConstraint):
             previous = previous.previous
         set_variable_constraint(weight, MaskConstraint(variables[key], previous))
-    _drop_traced_steps(model)
+    prunable.drop_traced_steps(model)
 
 
 def release_masks(model, predicate=None):
@@ -252,13 +252,7 @@ def release_masks(model, predicate=None):
         constraint = variable_constraint(weight)
         if isinstance(constraint, MaskConstraint):
             set_variable_constraint(weight, constraint.previous)
-    _drop_traced_steps(model)
-
-
-def _drop_traced_steps(model):
-    for attribute in ("train_function", "test_function"):
-        if getattr(model, attribute, None) is not None:
-            setattr(model, attribute, None)
+    prunable.drop_traced_steps(model)
 
 
 def sparsity_counts(model, predicate=None):

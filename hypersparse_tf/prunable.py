@@ -53,6 +53,15 @@ def _tf_keras():
     return sys.modules.get("tf_keras")
 
 
+def drop_traced_steps(model):
+    """Drops the train and test steps an earlier `fit`/`evaluate` traced, as
+    `compile` does, so that the next call traces them again (with new losses
+    or constraints)."""
+    for attribute in ("train_function", "test_function"):
+        if getattr(model, attribute, None) is not None:
+            setattr(model, attribute, None)
+
+
 def is_tf_keras(obj):
     """Whether `obj` is a tf_keras (Keras 2) layer or model."""
     tf_keras = _tf_keras()

@@ -416,10 +416,8 @@ def attach(model, regularizer, predicate=None):
     kernels = [weight for _, _, weight in entries]
     regularizer._bind(kernels)
     # A train or test step traced by an earlier `fit`/`evaluate` lacks the new
-    # losses: drop it, as `compile` does, so the next call traces again.
-    for attribute in ("train_function", "test_function"):
-        if getattr(model, attribute, None) is not None:
-            setattr(model, attribute, None)
+    # losses.
+    prunable.drop_traced_steps(model)
     return kernels
 
 

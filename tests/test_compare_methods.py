@@ -43,7 +43,10 @@ def test_verdict_needs_a_margin_and_every_seed():
 
 
 def test_lr_factor_drops_at_half_and_three_quarters():
-    factors = [compare_methods._lr_factor(e, 10) for e in range(10)]
+    # The schedule of ART's fine-tuning, which every method's fine-tuning uses.
+    from hypersparse_tf.art import finetune_lr_factor
+
+    factors = [finetune_lr_factor(e, 10) for e in range(10)]
     assert factors == pytest.approx([1] * 5 + [0.1] * 3 + [0.01] * 2)
 
 
