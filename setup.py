@@ -22,8 +22,13 @@ EXTRAS = {
         "matplotlib>=3.5",
         "tensorboard",
     ],
-    "test": ["pytest>=7", "ruff>=0.5", "scikit-learn>=1.0"],
 }
+# What the tests import: every extra above (their tests skip with a message
+# where one is missing) and the test tools themselves.
+EXTRAS["test"] = sorted(
+    {req for reqs in EXTRAS.values() for req in reqs}
+    | {"pytest>=7", "ruff>=0.5", "scikit-learn>=1.0"}
+)
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
 setuptools.setup(
@@ -36,7 +41,7 @@ setuptools.setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    packages=["hypersparse_tf"],
+    packages=setuptools.find_packages(include=["hypersparse_tf", "hypersparse_tf.*"]),
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.16",

@@ -281,7 +281,7 @@ def run_job(setting, seed, sparsities, methods, threads, verbose=0):
 
     import hypersparse_tf
     from hypersparse_tf import datasets
-    from hypersparse_tf.art import finetune_lr_factor
+    from hypersparse_tf.art_schedule import finetune_lr_factor
 
     data = datasets.load(
         setting.dataset,
@@ -459,7 +459,7 @@ def _tfmot_gmp(setting, data, warm, target, fit, steps, rest):
     import tensorflow_model_optimization as tfmot
     import tf_keras
 
-    from hypersparse_tf.art import finetune_lr_factor
+    from hypersparse_tf.art_schedule import finetune_lr_factor
 
     twin = _build(setting, data.num_classes, data.input_shape, flavour="tf_keras")
     for layer in warm.layers:

@@ -25,7 +25,9 @@ from hypersparse_tf import experiment
 
 _DEFAULT = experiment.Config()
 FLAGS = flags.FLAGS
-flags.DEFINE_string("preset", None, f"One of {sorted(experiment.PRESETS)}.")
+flags.DEFINE_enum(
+    "preset", None, sorted(experiment.PRESETS), "The paper's settings for one run."
+)
 flags.DEFINE_string(
     "output_dir",
     None,
@@ -39,10 +41,10 @@ flags.DEFINE_string(
 flags.DEFINE_string("data_path", None, "File or folder to read the data from.")
 flags.DEFINE_integer("train_size", None, "Use a class-balanced training subset.")
 flags.DEFINE_integer("test_size", None, "Use a class-balanced test subset.")
-flags.DEFINE_string("model", _DEFAULT.model, f"One of {experiment.MODELS}.")
+flags.DEFINE_enum("model", _DEFAULT.model, experiment.MODELS, "The network.")
 flags.DEFINE_float("prune_rate", _DEFAULT.prune_rate, "Fraction of weights to remove.")
-flags.DEFINE_string(
-    "regularizer", _DEFAULT.regularizer, f"One of {experiment.REGULARIZERS}."
+flags.DEFINE_enum(
+    "regularizer", _DEFAULT.regularizer, experiment.REGULARIZERS, "HyperSparse, L1, L2."
 )
 flags.DEFINE_integer("warmup_epochs", _DEFAULT.warmup_epochs, "Dense epochs first.")
 flags.DEFINE_float("lambda_init", _DEFAULT.lambda_init, "First ART coefficient.")
@@ -70,44 +72,30 @@ flags.DEFINE_float(
 )
 flags.DEFINE_bool("augment", None, "Crop + flip; default: on for colour images.")
 flags.DEFINE_integer("seed", _DEFAULT.seed, "Random seed.")
-flags.DEFINE_string("strategy", _DEFAULT.strategy, f"One of {experiment.STRATEGIES}.")
+flags.DEFINE_enum(
+    "strategy", _DEFAULT.strategy, experiment.STRATEGIES, "tf.distribute strategy."
+)
 flags.DEFINE_list("export", list(_DEFAULT.export), f"Subset of {experiment.EXPORTS}.")
+flags.register_validator(
+    "export",
+    lambda targets: set(targets) <= set(experiment.EXPORTS),
+    message=f"--export takes a comma-separated subset of {list(experiment.EXPORTS)}.",
+)
 
 _FIELDS = [f.name for f in dataclasses.fields(experiment.Config)]
 
 
 def config_from_flags():
-    """The Config of the preset (if any), overridden by flags given."""
+    """The Config of the preset (if any), overridden by flags given. absl
+    refuses choices outside the enums when it parses the flags."""
     settings = {}
     if FLAGS.preset is not None:
-        if FLAGS.preset not in experiment.PRESETS:
-            raise app.UsageError(
-                f"Unknown --preset={FLAGS.preset!r}. Choices: "
-                f"{sorted(experiment.PRESETS)}"
-            )
         settings.update(experiment.PRESETS[FLAGS.preset])
     for name in _FIELDS:
         if FLAGS[name].present or name not in settings:
             settings[name] = FLAGS[name].value
     settings["export"] = tuple(settings["export"])
-    config = experiment.Config(**settings)
-    for argument, choices in (
-        ("dataset", None),
-        ("model", experiment.MODELS),
-        ("regularizer", experiment.REGULARIZERS),
-        ("strategy", experiment.STRATEGIES),
-    ):
-        value = getattr(config, argument)
-        if choices is not None and value not in choices:
-            raise app.UsageError(
-                f"Unknown --{argument}={value!r}. Choices: {list(choices)}"
-            )
-    for target in config.export:
-        if target not in experiment.EXPORTS:
-            raise app.UsageError(
-                f"Unknown --export={target!r}. Choices: {list(experiment.EXPORTS)}"
-            )
-    return experiment.check_config(config)
+    return experiment.check_config(experiment.Config(**settings))
 
 
 def main(argv):

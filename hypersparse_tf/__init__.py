@@ -9,6 +9,9 @@ from hypersparse_tf import experiment
 from hypersparse_tf import export
 from hypersparse_tf import models
 from hypersparse_tf.art import ART
+from hypersparse_tf.art_schedule import ARTSchedule
+from hypersparse_tf.evaluation import pruned_accuracy
+from hypersparse_tf.evaluation import recalibrate_batchnorm
 from hypersparse_tf.masks import apply_masks
 from hypersparse_tf.masks import fix_masks
 from hypersparse_tf.masks import global_magnitude_masks
@@ -30,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ART",
+    "ARTSchedule",
     "AdaptiveL1",
     "AdaptiveL2",
     "HyperSparse",
@@ -44,6 +48,8 @@ __all__ = [
     "is_prunable_kernel",
     "models",
     "prunable_weights",
+    "pruned_accuracy",
+    "recalibrate_batchnorm",
     "register_with_tf_keras",
     "release_masks",
     "shrink",

@@ -1,4 +1,4 @@
-"""Image classification data sets as arrays, and tf.data pipelines over them.
+"""Image classification data sets as uint8 arrays.
 
 One loader, `load(name)`, for:
 
@@ -13,9 +13,9 @@ One loader, `load(name)`, for:
   `name="folder"` (TinyImageNet's layout, a user's own images);
 - any other tensorflow-datasets name (`cifar100`, ...), from its local cache.
 
-Images are kept as uint8 arrays `(N, H, W, C)`; `pipelines()` turns them into
-normalized float32 `tf.data` pipelines with the reference augmentation (random
-crop after 4-pixel zero padding, horizontal flip), deterministic given a seed.
+Images are kept as uint8 arrays `(N, H, W, C)`; `hypersparse_tf.pipelines`
+turns them into normalized float32 `tf.data` pipelines with the reference
+augmentation (also importable from here as before).
 """
 
 import dataclasses
@@ -26,6 +26,9 @@ import tarfile
 
 import numpy as np
 import tensorflow as tf
+
+from hypersparse_tf import _keras_compat
+from hypersparse_tf import validation
 
 NAMES = ("digits", "mnist", "fashion_mnist", "cifar10", "folder")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -113,9 +116,7 @@ def _from_tfds(name, tried, how_to_get):
         except Exception as error:
             tried = [*tried, f"tensorflow-datasets {name!r}: {error}"]
         else:
-            features = builder.info.features
-            if "label" not in features:  # info not restored from prepared data
-                features = builder._info().features
+            features = _keras_compat.tfds_features(builder)
             return ImageData(
                 name,
                 arrays[0].astype(np.uint8),
@@ -367,16 +368,6 @@ def _subset(data, train_size, test_size, seed):
     )
 
 
-def _check_size(value, name):
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, int) or value < 1
-    ):
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Expected None or an int >= 1. "
-            f"Received: {name}={value!r}"
-        )
-
-
 def load(name="digits", path=None, train_size=None, test_size=None, seed=0):
     """Loads an image classification data set as uint8 arrays.
 
@@ -404,8 +395,8 @@ def load(name="digits", path=None, train_size=None, test_size=None, seed=0):
             f"Invalid value for argument `name`. Expected one of {NAMES} or a "
             f"tensorflow-datasets name. Received: name={name!r}"
         )
-    _check_size(train_size, "train_size")
-    _check_size(test_size, "test_size")
+    validation.check_int(train_size, "train_size", 1, allow_none=True)
+    validation.check_int(test_size, "test_size", 1, allow_none=True)
     if path is not None and not os.path.exists(path):
         raise FileNotFoundError(
             f"Invalid value for argument `path`: {path!r} does not exist."
@@ -439,93 +430,18 @@ def load(name="digits", path=None, train_size=None, test_size=None, seed=0):
     return _subset(data, train_size, test_size, seed)
 
 
-def channel_statistics(x):
-    """Per-channel mean and standard deviation of uint8 images, in [0, 1]."""
-    x = np.asarray(x, np.float64) / 255.0
-    axes = tuple(range(x.ndim - 1))
-    return x.mean(axis=axes).astype(np.float32), x.std(axis=axes).astype(np.float32)
+# The pipelines lived here before they got a module of their own.
+from hypersparse_tf.pipelines import augment  # noqa: E402
+from hypersparse_tf.pipelines import channel_statistics  # noqa: E402
+from hypersparse_tf.pipelines import pipelines  # noqa: E402
 
-
-def _normalize(mean, std):
-    mean = tf.constant(mean, tf.float32)
-    std = tf.constant(np.maximum(std, 1e-6), tf.float32)
-
-    def normalize(x):
-        return (tf.cast(x, tf.float32) / 255.0 - mean) / std
-
-    return normalize
-
-
-def augment(image, seed, padding=4):
-    """Random crop after zero padding, then random horizontal flip.
-
-    Stateless: the same `seed` (a shape-[2] int tensor) gives the same result.
-
-    Args:
-        image: Tensor `(H, W, C)`.
-        seed: Int tensor of shape [2].
-        padding: Int. Pixels of zero padding on each side. Defaults to `4`.
-    """
-    shape = tf.shape(image)
-    padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
-    crop_seed, flip_seed = tf.unstack(
-        tf.random.experimental.stateless_split(seed, num=2)
-    )
-    cropped = tf.image.stateless_random_crop(padded, shape, seed=crop_seed)
-    return tf.image.stateless_random_flip_left_right(cropped, seed=flip_seed)
-
-
-def pipelines(data, batch_size=64, augment_train=None, seed=0, mean=None, std=None):
-    """Normalized tf.data pipelines for training, evaluation and testing.
-
-    Args:
-        data: An `ImageData`.
-        batch_size: Int. Defaults to `64`.
-        augment_train: Bool or None. Random crop + flip on the training
-            pipeline. Defaults to `None`: on for 32x32 and larger colour
-            images (CIFAR, TinyImageNet), off for digits and (Fashion-)MNIST.
-        seed: Int. Seed of shuffling and augmentation: the same seed gives
-            the same batches. Defaults to `0`.
-        mean: Per-channel mean in [0, 1], or None to use the training set's.
-        std: Per-channel std in [0, 1], or None to use the training set's.
-
-    Returns:
-        A dict with `"train"` (shuffled, augmented, repeated forever: pass
-        `steps_per_epoch`), `"train_eval"` (the training set in order, no
-        augmentation: ART's `eval_data`), `"test"`, `"steps_per_epoch"`,
-        `"mean"` and `"std"`.
-    """
-    if augment_train is None:
-        augment_train = data.input_shape[-1] == 3 and data.input_shape[0] >= 32
-    if mean is None or std is None:
-        mean, std = channel_statistics(data.x_train)
-    normalize = _normalize(mean, std)
-    n = len(data.y_train)
-    images = tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
-    train = images.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
-    if augment_train:
-        seeds = tf.data.Dataset.random(seed=seed).batch(2)
-        train = tf.data.Dataset.zip((train, seeds)).map(
-            lambda xy, s: (augment(xy[0], s), xy[1]),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
-    train = train.batch(batch_size).map(
-        lambda x, y: (normalize(x), y), num_parallel_calls=tf.data.AUTOTUNE
-    )
-
-    def plain(x, y):
-        return (
-            tf.data.Dataset.from_tensor_slices((x, y))
-            .batch(max(batch_size, 256))
-            .map(lambda a, b: (normalize(a), b))
-        )
-
-    return {
-        "train": train.prefetch(tf.data.AUTOTUNE),
-        "train_eval": plain(data.x_train, data.y_train),
-        "test": plain(data.x_test, data.y_test),
-        "steps_per_epoch": -(-n // batch_size),
-        "mean": mean,
-        "std": std,
-    }
+__all__ = [
+    "FASHION_MNIST_DIR",
+    "NAMES",
+    "ImageData",
+    "augment",
+    "channel_statistics",
+    "load",
+    "pipelines",
+    "shared_data_dirs",
+]

@@ -15,12 +15,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hypersparse_tf import art as art_lib
+from hypersparse_tf import art_schedule
 from hypersparse_tf import datasets
+from hypersparse_tf import io_utils
 from hypersparse_tf import masks as masks_lib
 from hypersparse_tf import models
+from hypersparse_tf import pipelines
 from hypersparse_tf import prunable
+from hypersparse_tf import reference
 from hypersparse_tf import regularizers
+from hypersparse_tf import validation
 from hypersparse_tf.art import ART
 
 MODELS = ("small_cnn", "lenet_300_100", "resnet20", "resnet32", "resnet56", "vgg19_bn")
@@ -55,10 +59,10 @@ class Config:
     recalibrate_batchnorm: int = 0
     epoch_budget: int = None
     max_epochs: int = 300
-    batch_size: int = 64
-    learning_rate: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    batch_size: int = reference.BATCH_SIZE
+    learning_rate: float = reference.LEARNING_RATE
+    momentum: float = reference.MOMENTUM
+    weight_decay: float = reference.WEIGHT_DECAY
     augment: bool = None
     seed: int = 0
     strategy: str = "default"
@@ -71,16 +75,9 @@ def _preset(model, dataset, rate):
         model=model,
         prune_rate=rate,
         regularizer="hs",
-        warmup_epochs=60,
-        lambda_init=5e-6,
-        eta=1.05,
-        finetune_epochs=160,
-        buffer_size=1,
+        **reference.art_settings(),
+        **reference.training_settings(),
         max_epochs=2000,
-        batch_size=64,
-        learning_rate=0.1,
-        momentum=0.9,
-        weight_decay=1e-4,
         augment=True,
         export=("mobile",),
     )
@@ -96,23 +93,15 @@ PRESETS = {
 }
 
 
-def _check_choice(value, argument, choices):
-    if value not in choices:
-        raise ValueError(
-            f"Invalid value for argument `{argument}`. Expected one of "
-            f"{list(choices)}. Received: {argument}={value!r}"
-        )
-
-
 def check_config(config):
     """Raises on a setting outside its choices or range; returns `config`."""
-    _check_choice(config.model, "model", MODELS)
-    _check_choice(config.regularizer, "regularizer", REGULARIZERS)
-    _check_choice(config.strategy, "strategy", STRATEGIES)
+    validation.check_choice(config.model, "model", MODELS)
+    validation.check_choice(config.regularizer, "regularizer", REGULARIZERS)
+    validation.check_choice(config.strategy, "strategy", STRATEGIES)
     for target in config.export:
-        _check_choice(target, "export", EXPORTS)
+        validation.check_choice(target, "export", EXPORTS)
     prunable.check_prune_rate(config.prune_rate)
-    budget = art_lib.check_epoch_budget(
+    budget = art_schedule.check_epoch_budget(
         config.epoch_budget, config.warmup_epochs, config.finetune_epochs
     )
     if budget is not None and budget > config.max_epochs:
@@ -121,17 +110,13 @@ def check_config(config):
             f"<= max_epochs={config.max_epochs}. Received: "
             f"epoch_budget={config.epoch_budget!r}"
         )
-    if config.recalibrate_batchnorm < 0:
-        raise ValueError(
-            "Invalid value for argument `recalibrate_batchnorm`. Expected an int "
-            f">= 0. Received: recalibrate_batchnorm={config.recalibrate_batchnorm!r}"
-        )
+    validation.check_int(config.recalibrate_batchnorm, "recalibrate_batchnorm", 0)
     return config
 
 
 def make_strategy(name):
     """The `tf.distribute` strategy called `name` (see `STRATEGIES`)."""
-    _check_choice(name, "strategy", STRATEGIES)
+    validation.check_choice(name, "strategy", STRATEGIES)
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
@@ -146,7 +131,7 @@ def make_strategy(name):
 
 def build_model(name, num_classes, input_shape):
     """A model of `MODELS` for the data's classes and image shape."""
-    _check_choice(name, "model", MODELS)
+    validation.check_choice(name, "model", MODELS)
     if name.startswith("resnet"):
         return models.resnet(int(name[6:]), num_classes, input_shape)
     builder = getattr(models, name)
@@ -296,7 +281,7 @@ def train_and_evaluate(config, output_dir, overwrite=False, verbose=1):
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
-    pipes = datasets.pipelines(
+    pipes = pipelines.pipelines(
         data, config.batch_size * replicas, config.augment, config.seed
     )
     with strategy.scope():
@@ -359,6 +344,7 @@ def train_and_evaluate(config, output_dir, overwrite=False, verbose=1):
         "termination_epoch": art.termination_epoch,
         "epochs": len(art.history),
         "sparsity": masks_lib.sparsity(model),
+        "replicas": replicas,
         "dense_test_accuracy": dense.accuracy,
         "sparse_test_accuracy": sparse_accuracy,
         "train_seconds": train_seconds,
@@ -369,36 +355,50 @@ def train_and_evaluate(config, output_dir, overwrite=False, verbose=1):
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1, default=str)
     if verbose:
-        print(summary_table(summary))
+        io_utils.print_msg(summary_table(summary))
     return summary
 
 
 def _export(model, pipes, targets, output_dir):
+    """Converts once per artifact, writes the files, and reports each artifact
+    run once (the micro arena found once per micro model)."""
     from hypersparse_tf import export
-    from hypersparse_tf.shrink import shrink
 
     x_test, y_test = _arrays(pipes["test"])
     x_train, _ = _arrays(pipes["train_eval"])
     representative = x_train[:200]
-    results = {}
-    if "mobile" in targets:
-        for sparse, name in ((False, "mobile_float"), (True, "mobile_sparse")):
-            data = export.to_tflite(model, "mobile", sparse=sparse)
-            with open(os.path.join(output_dir, f"{name}.tflite"), "wb") as f:
-                f.write(data)
-    if "micro" in targets:
-        shrunk = shrink(model, verify_inputs=x_test[:64])
-        data = export.to_tflite(shrunk, "micro", representative)
-        with open(os.path.join(output_dir, "micro_int8.tflite"), "wb") as f:
-            f.write(data)
-        export.write_c_array(data, os.path.join(output_dir, "micro_model"), "g_model")
-        predicted = np.argmax(export.run_micro(data, x_test), axis=-1).reshape(-1)
-        results["micro_test_accuracy"] = float(np.mean(predicted == y_test))
-        results["micro_bytes"] = len(data)
-        results["micro_arena_bytes"] = export.micro_arena_size(data)
-    report = export.deployment_report(
-        model, representative, x_test, y_test, name=model.name
+    artifacts = export.convert_artifacts(
+        model, representative, targets, verify_inputs=x_test[:64]
     )
+    files = {
+        "mobile_float": "mobile_float.tflite",
+        "mobile_sparse": "mobile_sparse.tflite",
+        # The board gets the shrunk model.
+        "micro_int8_shrunk": "micro_int8.tflite",
+    }
+    for artifact, filename in files.items():
+        if artifact in artifacts:
+            with open(os.path.join(output_dir, filename), "wb") as f:
+                f.write(artifacts[artifact])
+    report = export.deployment_report(
+        model,
+        representative,
+        x_test,
+        y_test,
+        name=model.name,
+        targets=targets,
+        artifacts=artifacts,
+    )
+    results = {}
+    if "micro" in targets:
+        data = artifacts["micro_int8_shrunk"]
+        export.write_c_array(data, os.path.join(output_dir, "micro_model"), "g_model")
+        row = next(
+            r for r in report["artifacts"] if r["artifact"] == "micro_int8_shrunk"
+        )
+        results["micro_test_accuracy"] = row["accuracy"]
+        results["micro_bytes"] = len(data)
+        results["micro_arena_bytes"] = row["arena_bytes"]
     with open(os.path.join(output_dir, "deployment_report.json"), "w") as f:
         json.dump(report, f, indent=1)
     with open(os.path.join(output_dir, "deployment_report.md"), "w") as f:

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from hypersparse_tf import _keras_compat
 from hypersparse_tf import prunable
 
 
@@ -175,17 +176,64 @@ class MaskConstraint(keras.constraints.Constraint):
         return w * tf.cast(self.mask, w.dtype)
 
 
+class ARTMaskConstraint(MaskConstraint):
+    """ART's mask: all ones until fine-tuning. The optimizer reads constraints
+    when the train step is traced, so ART installs it for the whole run."""
+
+
 def variable_constraint(variable):
     """The constraint the optimizer applies to `variable`, or None."""
     return getattr(variable, "constraint", None)
 
 
-def set_variable_constraint(variable, constraint):
-    """Sets the constraint the optimizer applies to `variable` after updates."""
-    if isinstance(variable, keras.Variable):
-        variable.constraint = constraint
-    else:  # tf.Variable (tf_keras): the optimizer reads `var.constraint`.
-        variable._constraint = constraint
+def _strategy(model):
+    return getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+
+
+def install_mask_constraints(model, weights, masks, kind=MaskConstraint):
+    """Gives each weight a `kind` constraint holding a new mask variable.
+
+    The mask variables are created in the model's distribution strategy. A
+    weight's own constraint is kept and applied first; an earlier constraint
+    of class `kind` is replaced (so `ARTMaskConstraint` replaces only an
+    earlier ART's mask and keeps a `fix_masks` one, while `MaskConstraint`
+    replaces any mask).
+
+    Args:
+        model: The model that owns `weights`.
+        weights: Dict `{key: variable}`.
+        masks: Dict `{key: bool array}` with the keys of `weights` (checked).
+        kind: `MaskConstraint` or a subclass. Defaults to `MaskConstraint`.
+
+    Returns:
+        Dict `{key: mask variable}` (float32, 1 = kept).
+    """
+    with _strategy(model).scope():
+        variables = {
+            key: tf.Variable(
+                np.asarray(masks[key], np.float32),
+                trainable=False,
+                name=f"mask_{key.replace('/', '_')}",
+            )
+            for key in weights
+        }
+    for key, weight in weights.items():
+        previous = variable_constraint(weight)
+        if isinstance(previous, kind):
+            previous = previous.previous
+        _keras_compat.set_constraint(weight, kind(variables[key], previous))
+    return variables
+
+
+def has_mask_constraints(weights, kind):
+    """Whether every weight has a constraint of class `kind`."""
+    return all(isinstance(variable_constraint(w), kind) for w in weights.values())
+
+
+def assign_mask_variables(variables, masks):
+    """Loads `masks` into the mask variables of `install_mask_constraints`."""
+    for key, variable in variables.items():
+        variable.assign(np.asarray(masks[key], np.float32))
 
 
 def fix_masks(model, masks, predicate=None):
@@ -221,25 +269,9 @@ def fix_masks(model, masks, predicate=None):
     """
     weights = prunable.prunable_weights(model, predicate)
     checked = check_masks(weights, masks)
-    strategy = (
-        getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
-    )
-    with strategy.scope():
-        variables = {
-            key: tf.Variable(
-                checked[key].astype(np.float32),
-                trainable=False,
-                name=f"fixed_mask_{key.replace('/', '_')}",
-            )
-            for key in weights
-        }
     assign_masked(weights, checked)
-    for key, weight in weights.items():
-        previous = variable_constraint(weight)
-        if isinstance(previous, MaskConstraint):
-            previous = previous.previous
-        set_variable_constraint(weight, MaskConstraint(variables[key], previous))
-    prunable.drop_traced_steps(model)
+    install_mask_constraints(model, weights, checked)
+    _keras_compat.drop_traced_steps(model)
 
 
 def release_masks(model, predicate=None):
@@ -251,8 +283,15 @@ def release_masks(model, predicate=None):
     for weight in prunable.prunable_weights(model, predicate).values():
         constraint = variable_constraint(weight)
         if isinstance(constraint, MaskConstraint):
-            set_variable_constraint(weight, constraint.previous)
-    prunable.drop_traced_steps(model)
+            _keras_compat.set_constraint(weight, constraint.previous)
+    _keras_compat.drop_traced_steps(model)
+
+
+def fraction_of_zeros(weights):
+    """Fraction of the entries of the variables in `weights` that are 0."""
+    values = _values(weights).values()
+    zeros = sum(int(np.size(v) - np.count_nonzero(v)) for v in values)
+    return zeros / sum(int(np.size(v)) for v in values)
 
 
 def sparsity_counts(model, predicate=None):

@@ -18,9 +18,9 @@ Convolution and dense kernels are initialized with `he_normal` (Kaiming normal,
 as the PyTorch reference code does).
 """
 
-import numbers
-
 import keras
+
+from hypersparse_tf import validation
 
 # The VGG-19 configuration of the reference code; "M" is a 2x2 max-pool.
 VGG19_CONFIG = (
@@ -52,6 +52,7 @@ FLAVOURS = ("keras", "tf_keras")
 
 def _keras_module(flavour):
     """`keras` (Keras 3) or `tf_keras` (Keras 2, imported on demand)."""
+    validation.check_choice(flavour, "flavour", FLAVOURS)
     if flavour == "keras":
         return keras
     if flavour == "tf_keras":
@@ -62,24 +63,11 @@ def _keras_module(flavour):
                 'flavour="tf_keras" needs the tf-keras package: pip install '
                 '"hypersparse_tf[tfmot]"'
             ) from error
-        return tf_keras
-    raise ValueError(
-        f"Invalid value for argument `flavour`. Expected one of {list(FLAVOURS)}. "
-        f"Received: flavour={flavour!r}"
-    )
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return tf_keras
 
 
 def _check_num_classes(num_classes):
-    if not _is_int(num_classes) or num_classes < 2:
-        raise ValueError(
-            "Invalid value for argument `num_classes`. Expected an int >= 2. "
-            f"Received: num_classes={num_classes!r}"
-        )
-    return int(num_classes)
+    return validation.check_int(num_classes, "num_classes", 2)
 
 
 def _check_input_shape(input_shape, rank=None, min_size=1, requirement=None):
@@ -99,7 +87,7 @@ def _check_input_shape(input_shape, rank=None, min_size=1, requirement=None):
     if (
         not isinstance(input_shape, (tuple, list))
         or not input_shape
-        or not all(_is_int(d) and d > 0 for d in input_shape)
+        or not all(validation.is_int(d) and d > 0 for d in input_shape)
         or (rank is not None and len(input_shape) != rank)
     ):
         raise ValueError(
@@ -209,12 +197,12 @@ def resnet(
     >>> len(hypersparse_tf.prunable_weights(model))
     34
     """
-    if not _is_int(depth) or depth < 8 or (depth - 2) % 6 != 0:
+    if not validation.is_int(depth) or depth < 8 or (depth - 2) % 6 != 0:
         raise ValueError(
             "Invalid value for argument `depth`. Expected 6n+2 with n >= 1 "
             f"(8, 14, 20, 32, 44, 56, 110, ...). Received: depth={depth!r}"
         )
-    if not _is_int(width) or width < 1:
+    if not validation.is_int(width) or width < 1:
         raise ValueError(
             "Invalid value for argument `width`. Expected an int >= 1. "
             f"Received: width={width!r}"

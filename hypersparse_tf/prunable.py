@@ -15,10 +15,12 @@ tf_keras twin with the same layer names: the kernel of a tf_keras
 """
 
 import math
-import numbers
 import sys
 
 import keras
+
+from hypersparse_tf import _keras_compat
+from hypersparse_tf import validation
 
 _LAYER_TYPE_NAMES = (
     "Dense",
@@ -51,15 +53,6 @@ _KERAS_LAYER_TYPES = _layer_types(keras.layers)
 def _tf_keras():
     """The tf_keras module if something imported it already, else None."""
     return sys.modules.get("tf_keras")
-
-
-def drop_traced_steps(model):
-    """Drops the train and test steps an earlier `fit`/`evaluate` traced, as
-    `compile` does, so that the next call traces them again (with new losses
-    or constraints)."""
-    for attribute in ("train_function", "test_function"):
-        if getattr(model, attribute, None) is not None:
-            setattr(model, attribute, None)
 
 
 def is_tf_keras(obj):
@@ -124,7 +117,7 @@ def is_prunable_kernel(layer, weight):
 
 def _own_weights(layer):
     """Weights owned by `layer` itself, not by one of its sublayers."""
-    children = layer._flatten_layers(include_self=False, recursive=False)
+    children = _keras_compat.flatten_layers(layer, include_self=False, recursive=False)
     child_ids = {id(w) for child in children for w in child.weights}
     return [w for w in layer.weights if id(w) not in child_ids]
 
@@ -157,13 +150,14 @@ def prunable_layers_and_weights(model, predicate=None, allow_empty=False):
     rule = predicate if predicate is not None else is_prunable_kernel
     if not callable(rule):
         raise TypeError(
-            "Invalid value for argument `predicate`. Expected a callable "
-            f"(layer, weight) -> bool or None. Received: predicate={predicate!r}"
+            validation.invalid(
+                "predicate", "a callable (layer, weight) -> bool or None", predicate
+            )
         )
     found = []
     keys = set()
     seen = set()
-    for layer in model._flatten_layers(include_self=True, recursive=True):
+    for layer in _keras_compat.flatten_layers(model):
         for weight in _own_weights(layer):
             if id(weight) in seen or not rule(layer, weight):
                 continue
@@ -208,18 +202,9 @@ def prunable_weights(model, predicate=None):
 
 def check_prune_rate(prune_rate, argument="prune_rate"):
     """Returns `prune_rate` as a float after checking it lies in (0, 1)."""
-    if (
-        isinstance(prune_rate, bool)
-        or not isinstance(prune_rate, numbers.Real)
-        or math.isnan(prune_rate)
-        or not 0.0 < prune_rate < 1.0
-    ):
-        raise ValueError(
-            f"Invalid value for argument `{argument}`. Expected a float in the "
-            f"open interval (0, 1), the fraction of weights to remove. Received: "
-            f"{argument}={prune_rate!r}"
-        )
-    return float(prune_rate)
+    return validation.check_fraction(
+        prune_rate, argument, "the fraction of weights to remove"
+    )
 
 
 def num_pruned(prune_rate, size):

@@ -13,68 +13,19 @@ from all of its kernels, in-graph. The per-tensor loss
 reference gradient; summed over all kernels its value is `coefficient * A`.
 """
 
-import math
-import numbers
-import sys
 import uuid
 
 import keras
 import tensorflow as tf
 
+from hypersparse_tf import _keras_compat
 from hypersparse_tf import prunable
+from hypersparse_tf import validation
 from hypersparse_tf.quantile import kth_smallest_magnitude
 
 # artanh(1 / sqrt(3)), rounded as in the reference code: puts the inflection point
 # of sech^2(s|w|) at the threshold t.
 INFLECTION = 0.6585
-
-
-def _check_coefficient(coefficient):
-    if (
-        isinstance(coefficient, bool)
-        or not isinstance(coefficient, numbers.Real)
-        or not math.isfinite(coefficient)
-        or coefficient < 0
-    ):
-        raise ValueError(
-            "Invalid value for argument `coefficient`. Expected a finite float "
-            f">= 0. Received: coefficient={coefficient!r}"
-        )
-    return float(coefficient)
-
-
-def _objects_of_current_load():
-    """The dict Keras 3 keeps of objects shared within one `load_model`.
-
-    Keras records shared objects while loading a `.keras` file, but the first
-    layer that refers to a shared regularizer is restored with a copy of its
-    own (seen with Keras 3.15). The regularizers here use the same dict, keyed
-    by their `uid`, so that one instance serves every kernel again after
-    loading. Returns None outside a load or where Keras has no such dict.
-    """
-    try:
-        from keras.src.backend.common import global_state
-    except ImportError:  # pragma: no cover - other Keras layouts
-        global_state = None
-    if global_state is not None:
-        objects = global_state.get_global_attribute("shared_objects/id_to_obj_map")
-        if objects is not None:
-            return objects
-    return _objects_of_current_tf_keras_load()
-
-
-def _objects_of_current_tf_keras_load():
-    """The same for a tf_keras `load_model` of a `.keras` file, or None."""
-    if "tf_keras" not in sys.modules:
-        return None
-    try:
-        from tf_keras.src.saving import serialization_lib
-    except ImportError:  # pragma: no cover - other tf_keras layouts
-        return None
-    shared = serialization_lib.SHARED_OBJECTS
-    if not getattr(shared, "enabled", False):
-        return None
-    return shared.id_to_obj_map
 
 
 def _state_variable(value, name):
@@ -94,9 +45,8 @@ class AdaptiveRegularizer(keras.regularizers.Regularizer):
     """
 
     def __init__(self, coefficient=0.0):
-        self._coefficient = _state_variable(
-            _check_coefficient(coefficient), "coefficient"
-        )
+        coefficient = validation.check_float(coefficient, "coefficient", 0)
+        self._coefficient = _state_variable(coefficient, "coefficient")
         self._kernels = []
         self.uid = uuid.uuid4().hex
 
@@ -104,7 +54,7 @@ class AdaptiveRegularizer(keras.regularizers.Regularizer):
     def from_config(cls, config):
         config = dict(config)
         uid = config.pop("uid", None)
-        objects = _objects_of_current_load()
+        objects = _keras_compat.objects_of_current_load()
         key = f"hypersparse_tf/{uid}"
         if uid is not None and objects is not None and key in objects:
             return objects[key]
@@ -125,7 +75,9 @@ class AdaptiveRegularizer(keras.regularizers.Regularizer):
         """The variables this regularizer is attached to, as set by `attach`."""
         return tuple(self._kernels)
 
-    def _bind(self, kernels):
+    def bind_kernels(self, kernels):
+        """Sets the variables this regularizer is attached to (`attach` and
+        `ART` call it); its global statistics are computed over them."""
         self._kernels = list(kernels)
 
     def update_statistics(self):
@@ -197,8 +149,8 @@ class HyperSparse(AdaptiveRegularizer):
         """Non-trainable variable: `A / T` (0 when `t = 0`)."""
         return self._ratio
 
-    def _bind(self, kernels):
-        super()._bind(kernels)
+    def bind_kernels(self, kernels):
+        super().bind_kernels(kernels)
         self._update_function = None
 
     def __call__(self, x):
@@ -343,7 +295,7 @@ def _current_regularizer(layer, weight):
     if prunable.is_tf_keras(layer):
         # tf_keras variables do not carry their regularizer: `attach` marks
         # them, and a regularizer given at construction sits on the layer.
-        marked = getattr(weight, "_hypersparse_regularizer", None)
+        marked = _keras_compat.tf_keras_weight_regularizer(weight)
         if marked is not None or not prunable.is_kernel_name(weight):
             return marked
         return getattr(layer, _regularizer_attribute(layer, weight), None)
@@ -353,10 +305,9 @@ def _current_regularizer(layer, weight):
 def _set_regularizer(layer, weight, regularizer):
     attribute = _regularizer_attribute(layer, weight)
     if prunable.is_tf_keras(layer):
-        layer._handle_weight_regularization(
-            prunable.weight_name(weight), weight, regularizer
+        _keras_compat.add_tf_keras_weight_regularizer(
+            layer, prunable.weight_name(weight), weight, regularizer
         )
-        weight._hypersparse_regularizer = regularizer
     else:
         weight.regularizer = regularizer
     if hasattr(layer, attribute):
@@ -414,10 +365,10 @@ def attach(model, regularizer, predicate=None):
         if _current_regularizer(layer, weight) is not regularizer:
             _set_regularizer(layer, weight, regularizer)
     kernels = [weight for _, _, weight in entries]
-    regularizer._bind(kernels)
+    regularizer.bind_kernels(kernels)
     # A train or test step traced by an earlier `fit`/`evaluate` lacks the new
     # losses.
-    prunable.drop_traced_steps(model)
+    _keras_compat.drop_traced_steps(model)
     return kernels
 
 
@@ -435,3 +386,41 @@ def attached_weights(model, regularizer):
         allow_empty=True,
     )
     return {key: weight for key, _, weight in entries}
+
+
+def art_prune_rate(regularizer, prune_rate):
+    """The prune rate an `ART` schedule of `regularizer` uses.
+
+    `HyperSparse` has its own (`prune_rate` must be None or equal to it);
+    `AdaptiveL1` and `AdaptiveL2` have none, so `prune_rate` is required.
+    """
+    if not isinstance(regularizer, AdaptiveRegularizer):
+        raise TypeError(
+            validation.invalid(
+                "regularizer",
+                "a HyperSparse, AdaptiveL1 or AdaptiveL2 instance",
+                regularizer,
+            )
+        )
+    own_rate = getattr(regularizer, "prune_rate", None)
+    if prune_rate is None and own_rate is None:
+        raise ValueError(
+            validation.invalid(
+                "prune_rate",
+                f"a float in (0, 1): {type(regularizer).__name__} has no prune "
+                "rate of its own",
+                None,
+            )
+        )
+    prune_rate = prunable.check_prune_rate(
+        own_rate if prune_rate is None else prune_rate
+    )
+    if own_rate is not None and prune_rate != own_rate:
+        raise ValueError(
+            validation.invalid(
+                "prune_rate",
+                f"None or the regularizer's prune_rate={own_rate}",
+                prune_rate,
+            )
+        )
+    return prune_rate

@@ -25,6 +25,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
+from hypersparse_tf import _keras_compat
 from hypersparse_tf import masks as masks_lib
 from hypersparse_tf import prunable
 from hypersparse_tf import regularizers
@@ -130,8 +131,8 @@ def _check_tf_keras_model(model):
 def _is_clonable(model):
     import tf_keras
 
-    return isinstance(model, tf_keras.Sequential) or getattr(
-        model, "_is_graph_network", False
+    return isinstance(model, tf_keras.Sequential) or (
+        isinstance(model, tf_keras.Model) and _keras_compat.is_graph_network(model)
     )
 
 
@@ -234,7 +235,7 @@ def to_tfmot(model, masks, predicate=None):
         if id(layer) not in masked:
             return new
         attributes = [attribute for _, attribute in masked[id(layer)]]
-        if _registry_weight_names(new) != attributes:
+        if _keras_compat.tfmot_pruned_weight_names(new) != attributes:
             # tfmot's hook for custom layers: its registry of built-in layers
             # would prune other weights of this layer, or does not know it.
             new.get_prunable_weights = functools.partial(_weights_of, new, attributes)
@@ -251,21 +252,6 @@ def to_tfmot(model, masks, predicate=None):
         new.set_weights(layer.get_weights())
     _assign_masks(wrappers, checked)
     return pruned
-
-
-def _registry_weight_names(layer):
-    """The weights tfmot's registry prunes in `layer`; None where unknown."""
-    try:
-        from tensorflow_model_optimization.python.core.sparsity.keras import (
-            prune_registry,
-        )
-
-        registry = prune_registry.PruneRegistry
-        if not registry.supports(layer):
-            return None
-        return list(registry._weight_names(layer))
-    except (ImportError, AttributeError, KeyError):  # other tfmot versions
-        return None
 
 
 def _weights_of(layer, attributes):

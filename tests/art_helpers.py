@@ -6,6 +6,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import hypersparse_tf
+from tests.conftest import twin
 
 
 def digits():
@@ -16,22 +17,44 @@ def digits():
     )
 
 
-def mlp(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(64, activation="relu", name="d1"),
-            keras.layers.Dense(32, activation="relu", name="d2"),
-            keras.layers.Dense(10, activation="softmax", name="out"),
-        ],
-        name="mlp",
-    )
+def mlp(seed=0, module=keras):
+    """A 64-32-10 MLP for digits, in Keras 3 or as its tf_keras twin."""
+
+    def build(k):
+        return k.Sequential(
+            [
+                k.Input((64,)),
+                k.layers.Dense(64, activation="relu", name="d1"),
+                k.layers.Dense(32, activation="relu", name="d2"),
+                k.layers.Dense(10, activation="softmax", name="out"),
+            ],
+            name="mlp",
+        )
+
+    return twin(build, seed, module)
+
+
+def bn_mlp(seed=0, module=keras):
+    """Dense -> BatchNorm -> ReLU -> Dense, compiled, for the BatchNorm tests."""
+
+    def build(k):
+        inputs = k.Input((64,))
+        h = k.layers.Dense(32, name="d1")(inputs)
+        h = k.layers.BatchNormalization(name="bn")(h)
+        h = k.layers.ReLU()(h)
+        outputs = k.layers.Dense(10, activation="softmax", name="out")(h)
+        return k.Model(inputs, outputs)
+
+    return compiled(twin(build, seed, module))
 
 
 def compiled(model, metrics=("accuracy",)):
+    """Compiled with SGD(0.1, momentum 0.9) in the model's own Keras."""
+    k = keras
+    if hypersparse_tf.prunable.is_tf_keras(model):
+        import tf_keras as k
     model.compile(
-        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        optimizer=k.optimizers.SGD(0.1, momentum=0.9),
         loss="sparse_categorical_crossentropy",
         metrics=list(metrics),
     )

@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-from absl import app
 from absl import flags
 
 from hypersparse_tf import experiment
@@ -68,12 +67,34 @@ def test_train_and_evaluate_end_to_end(tmp_path):
     assert f"{len(micro)}" in c_source
     rows = {r["artifact"]: r for r in summary["deployment_report"]["artifacts"]}
     assert rows["micro_int8_shrunk"]["agreement"] >= 0.95
+    # The board's numbers are the report's own (one run, one arena search).
+    assert summary["micro_test_accuracy"] == rows["micro_int8_shrunk"]["accuracy"]
+    assert summary["micro_arena_bytes"] == rows["micro_int8_shrunk"]["arena_bytes"]
+    assert rows["micro_int8_shrunk"]["bytes"] == len(micro)
     assert summary["sparse_test_accuracy"] > 0.5
     assert json.loads((out / "summary.json").read_text())["phase"] == "done"
     history = (out / "history.csv").read_text().splitlines()
     assert len(history) == summary["epochs"] + 1
     with pytest.raises(FileExistsError, match="exists"):
         experiment.train_and_evaluate(config, str(out), verbose=0)
+
+
+def test_mobile_only_export_never_runs_tflite_micro(tmp_path, monkeypatch):
+    from hypersparse_tf.export import micro
+
+    def no_micro(*args, **kwargs):
+        raise AssertionError("TFLite Micro was used")
+
+    monkeypatch.setattr(micro, "run_micro", no_micro)
+    monkeypatch.setattr(micro, "micro_arena_size", no_micro)
+    config = experiment.Config(**TINY, max_epochs=60, export=("mobile",))
+    out = tmp_path / "run"
+    summary = experiment.train_and_evaluate(config, str(out), verbose=0)
+    rows = [r["artifact"] for r in summary["deployment_report"]["artifacts"]]
+    assert rows == ["keras", "mobile_float", "mobile_sparse"]
+    assert "micro_test_accuracy" not in summary
+    assert (out / "mobile_sparse.tflite").exists()
+    assert not (out / "micro_int8.tflite").exists()
 
 
 def test_presets_carry_the_reference_settings():
@@ -110,13 +131,13 @@ def test_script_flags_and_presets():
     [
         (["--preset=resnet99_mnist_90"], "resnet32_cifar10_90"),
         (["--model=alexnet"], "small_cnn"),
-        (["--regularizer=l0"], "'hs', 'l1', 'l2'"),
-        (["--strategy=horovod"], "'mirrored'"),
+        (["--regularizer=l0"], "<hs|l1|l2>"),
+        (["--strategy=horovod"], "mirrored"),
         (["--export=phone"], "'mobile', 'micro'"),
     ],
 )
-def test_script_unknown_choices_are_usage_errors(argv, message):
-    with pytest.raises(app.UsageError, match=message):
+def test_script_unknown_choices_are_refused_by_the_flag_parser(argv, message):
+    with pytest.raises(flags.IllegalFlagValueError, match=message):
         _config(*argv)
 
 
@@ -189,9 +210,38 @@ def test_script_with_default_flags_writes_every_file(tmp_path):
     assert "--overwrite" in again.stderr
 
 
-def test_train_and_evaluate_under_mirrored_strategy(tmp_path):
-    config = experiment.Config(**TINY, max_epochs=60, strategy="mirrored", export=())
-    summary = experiment.train_and_evaluate(config, str(tmp_path / "run"), verbose=0)
+MIRRORED_SCRIPT = r"""
+import json
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from hypersparse_tf import experiment
+config = experiment.Config(**json.loads(sys.argv[1]))
+summary = experiment.train_and_evaluate(config, sys.argv[2], verbose=0)
+print(json.dumps({k: summary[k] for k in ("phase", "sparsity", "replicas")}))
+"""
+
+
+def test_train_and_evaluate_under_mirrored_strategy_with_two_replicas(tmp_path):
+    settings = dict(TINY, max_epochs=60, strategy="mirrored", export=[])
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            MIRRORED_SCRIPT,
+            json.dumps(settings),
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["replicas"] == 2  # two CPU replicas, the batch split
     assert summary["phase"] == "done"
     assert summary["sparsity"] == math.floor(0.95 * 6032) / 6032
 

@@ -14,6 +14,19 @@ from sklearn.datasets import load_digits
 
 import hypersparse_tf
 from hypersparse_tf import export
+from hypersparse_tf.export import conversion
+from hypersparse_tf.export import litert
+from hypersparse_tf.export import micro
+from hypersparse_tf.export import micro_worker
+
+pytest.importorskip(
+    "ai_edge_litert",
+    reason='LiteRT not installed: pip install "hypersparse_tf[export]"',
+)
+pytest.importorskip(
+    "tflite_micro",
+    reason='TFLite Micro not installed: pip install "hypersparse_tf[export]"',
+)
 
 # Tries one arena in a fresh process; a crash counts as refused.
 _TRY_ARENA = r"""
@@ -341,14 +354,23 @@ def test_micro_arena_size_without_tflite_micro_names_the_extra(
         export.micro_arena_size(micro_model)
 
 
-def test_litert_latency_times_every_model(digits_model):
+def test_litert_latency_is_the_median_of_interleaved_rounds(digits_model, monkeypatch):
     models = {
         "dense": export.to_tflite(digits_model, "mobile", sparse=False),
         "sparse": export.to_tflite(digits_model, "mobile"),
     }
+    # A fake clock: each invoke of "dense" takes 1, 2, ... ms by round, each of
+    # "sparse" 10x that; the first (warm-up) round 1 s, never counted.
+    ticks = []
+    for round_index in range(6):
+        for factor in (1, 10):
+            elapsed = 1.0 if round_index == 0 else factor * round_index * 1e-3
+            ticks += [100.0 * len(ticks), 100.0 * len(ticks) + elapsed]
+    clock = iter(ticks)
+    monkeypatch.setattr(litert.time, "perf_counter", lambda: next(clock))
     latency = export.litert_latency(models, num_runs=5, num_warmup=1)
-    assert sorted(latency) == ["dense", "sparse"]
-    assert all(0 < seconds < 1 for seconds in latency.values())
+    assert latency == pytest.approx({"dense": 3e-3, "sparse": 3e-2})
+    assert next(clock, None) is None  # one timing per model and round
 
 
 def test_deployment_report_runs_every_artifact(digits, digits_model, tmp_path):
@@ -375,7 +397,6 @@ def test_deployment_report_runs_every_artifact(digits, digits_model, tmp_path):
     assert rows["mobile_sparse"]["bytes"] < rows["mobile_float"]["bytes"]
     for artifact in ("micro_int8", "micro_int8_shrunk"):
         assert rows[artifact]["agreement"] >= 0.99
-        assert rows[artifact]["arena_bytes"] > 0
     assert rows["micro_int8_shrunk"]["bytes"] < rows["micro_int8"]["bytes"]
     assert rows["keras"]["arena_bytes"] is None
     digits_model.save(tmp_path / "with_optimizer.keras")
@@ -391,3 +412,97 @@ def test_deployment_report_rejects_labels_of_another_length(digits, digits_model
     x_train, _, x_test, y_test = digits
     with pytest.raises(ValueError, match="argument `y`"):
         export.deployment_report(digits_model, x_train[:8], x_test[:8], y_test[:7])
+
+
+def test_deployment_report_reuses_artifacts_and_finds_each_arena_once(
+    digits, digits_model, monkeypatch, tmp_path
+):
+    x_train, _, x_test, y_test = digits
+    artifacts = export.convert_artifacts(digits_model, x_train[:200])
+    assert list(artifacts) == [a for t in export.TARGETS for a in export.ARTIFACTS[t]]
+    calls = {"arena": 0}
+    real_arena = micro.micro_arena_size
+
+    def counted_arena(tflite_bytes):
+        calls["arena"] += 1
+        return real_arena(tflite_bytes)
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(micro, "micro_arena_size", counted_arena)
+    monkeypatch.setattr(conversion, "to_tflite", no_conversion)
+    report = export.deployment_report(
+        digits_model, None, x_test[:100], y_test[:100], artifacts=artifacts
+    )
+    assert calls["arena"] == 2
+    rows = {row["artifact"]: row for row in report["artifacts"]}
+    for artifact in ("micro_int8", "micro_int8_shrunk"):
+        path = tmp_path / f"{artifact}.tflite"
+        path.write_bytes(artifacts[artifact])
+        arena = rows[artifact]["arena_bytes"]
+        assert rows[artifact]["bytes"] == len(artifacts[artifact])
+        assert _micro_accepts(path, arena) and not _micro_accepts(path, arena - 1)
+
+
+def test_deployment_report_of_mobile_only_never_runs_tflite_micro(
+    digits, digits_model, monkeypatch
+):
+    x_train, _, x_test, y_test = digits
+
+    def no_micro(*args, **kwargs):
+        raise AssertionError("TFLite Micro was used")
+
+    monkeypatch.setattr(micro, "run_micro", no_micro)
+    monkeypatch.setattr(micro, "micro_arena_size", no_micro)
+    report = export.deployment_report(
+        digits_model, None, x_test[:50], y_test[:50], targets=("mobile",)
+    )
+    rows = [row["artifact"] for row in report["artifacts"]]
+    assert rows == ["keras", "mobile_float", "mobile_sparse"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(targets=()), "targets"),
+        (dict(targets="mobile"), "targets"),
+        (dict(targets=("phone",)), "targets"),
+        (dict(targets=("mobile",), artifacts={"micro_int8": b"x"}), "artifacts"),
+    ],
+)
+def test_deployment_report_bad_targets_and_artifacts(
+    digits, digits_model, kwargs, argument
+):
+    _, _, x_test, y_test = digits
+    with pytest.raises(ValueError, match=f"argument `{argument}`"):
+        export.deployment_report(digits_model, None, x_test[:8], y_test[:8], **kwargs)
+
+
+def test_micro_worker_runs_by_path_without_tensorflow(
+    digits, digits_model, micro_model, tmp_path
+):
+    _, _, x_test, _ = digits
+    details = export.inspect_tflite(micro_model)["inputs"][0]
+    scale, zero_point = details["scale"][0], details["zero_point"][0]
+    x = np.clip(np.round(x_test[:5] / scale) + zero_point, -128, 127).astype(np.int8)
+    arena = 1 << 20
+    in_process = micro_worker.run(micro_model, arena, x)
+    assert micro_worker.runs_on_zeros(micro_model, arena, 1)
+    (tmp_path / "m.tflite").write_bytes(micro_model)
+    np.save(tmp_path / "x.npy", x)
+    argv = [micro_worker.__file__, "run", str(tmp_path / "m.tflite"), str(arena)]
+    argv += [str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]
+    code = (
+        f"import runpy, sys; sys.argv = {argv!r}; "
+        "runpy.run_path(sys.argv[0], run_name='__main__'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('tensorflow', 'keras', 'hypersparse_tf')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), in_process)
+    with pytest.raises(SystemExit, match="unknown mode 'fly'"):
+        micro_worker.main(["micro_worker.py", "fly", str(tmp_path / "m.tflite")])

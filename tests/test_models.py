@@ -5,11 +5,11 @@ import re
 import keras
 import numpy as np
 import pytest
-import tf_keras
 
 import hypersparse_tf
 from hypersparse_tf import models
-from tests.tf_keras_helpers import copy_weights_by_layer_name
+from tests.conftest import TF_KERAS_MISSING
+from tests.conftest import copy_weights_by_layer_name
 
 
 def num_prunable(model):
@@ -226,6 +226,7 @@ def test_models_tf_keras_flavour_is_the_same_network(name):
     build, kwargs, input_shape = TWINS[name]
     keras.utils.set_random_seed(0)
     keras3 = build(**kwargs)
+    tf_keras = pytest.importorskip("tf_keras", reason=TF_KERAS_MISSING)
     twin = build(**kwargs, flavour="tf_keras")
     assert isinstance(keras3, keras.Model)
     assert isinstance(twin, tf_keras.Model)
@@ -256,6 +257,7 @@ def test_models_tf_keras_flavour_is_the_same_network(name):
 
 def test_vgg19_bn_tf_keras_flavour_has_the_same_weights():
     keras3 = models.vgg19_bn()
+    tf_keras = pytest.importorskip("tf_keras", reason=TF_KERAS_MISSING)
     twin = models.vgg19_bn(flavour="tf_keras")
     assert isinstance(twin, tf_keras.Model)
     assert [layer.name for layer in twin.layers] == [

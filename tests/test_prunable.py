@@ -96,16 +96,23 @@ def test_prunable_weights_bad_predicate(model):
 
 
 def test_importing_the_package_imports_neither_tfmot_nor_tf_keras():
+    import os
     import subprocess
     import sys
 
+    # An earlier test's tfmot import sets TF_USE_LEGACY_KERAS in this process.
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     code = (
         "import sys, hypersparse_tf; "
         "print(any(m.startswith(('tensorflow_model_optimization', 'tf_keras')) "
         "for m in sys.modules))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     )
     assert out.stdout.strip() == "False"
 

@@ -14,17 +14,19 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras
 
 import hypersparse_tf
 from tests.art_helpers import FAST
 from tests.art_helpers import art_setup
+from tests.art_helpers import bn_mlp
 from tests.art_helpers import digits
 from tests.art_helpers import num_kernel_weights
 from tests.conftest import MIXED_KEYS
 from tests.conftest import assert_sparsity
+from tests.conftest import copy_weights_by_layer_name
 from tests.conftest import mixed_model
 from tests.tf_keras_helpers import masked_weights_are_zero
+from tests.tf_keras_helpers import tf_keras
 from tests.tf_keras_helpers import tf_keras_art_setup
 from tests.tf_keras_helpers import tf_keras_compiled
 from tests.tf_keras_helpers import tf_keras_fit
@@ -108,6 +110,11 @@ def test_regularizers_tf_keras_loss_and_gradients_match_keras_3(name):
         "l2": hypersparse_tf.AdaptiveL2,
     }[name]
     results = []
+    kernels3 = hypersparse_tf.prunable_weights(mixed_model()).values()
+    values = [k.numpy().astype(np.float64) for k in kernels3]
+    expected = 0.01 * sum(
+        np.sum(np.square(v)) if name == "l2" else np.sum(np.abs(v)) for v in values
+    )
     for model in (mixed_model(), tf_keras_mixed_model()):
         reg = make()
         kernels = hypersparse_tf.attach(model, reg)
@@ -119,7 +126,7 @@ def test_regularizers_tf_keras_loss_and_gradients_match_keras_3(name):
     (stats3, loss3, grads3), (stats2, loss2, grads2) = results
     assert stats2 == stats3
     np.testing.assert_allclose(loss2, loss3, rtol=1e-6)
-    assert loss2 > 0
+    np.testing.assert_allclose(loss3, expected, rtol=1e-5)  # lambda * A
     for g2, g3 in zip(grads2, grads3, strict=True):
         np.testing.assert_allclose(g2, g3, rtol=1e-6, atol=1e-12)
 
@@ -368,8 +375,8 @@ def test_art_tf_keras_accuracy_metric_found_or_missing():
         loss="sparse_categorical_crossentropy",
         metrics=[tf_keras.metrics.SparseCategoricalAccuracy(name="acc_top1")],
     )
-    tf_keras_fit(model, art, epochs=1)
-    assert art.history[0]["accuracy"] > 0
+    history = tf_keras_fit(model, art, epochs=1)
+    assert art.history[0]["accuracy"] == history.history["acc_top1"][0]
     model = tf_keras_compiled(tf_keras_mlp(), metrics=())
     reg = hypersparse_tf.HyperSparse(0.9)
     hypersparse_tf.attach(model, reg)
@@ -394,38 +401,23 @@ def test_art_callback_of_the_wrong_flavour_says_what_to_do():
     assert int(keras3.optimizer.iterations.numpy()) == 0
 
 
-def test_art_tf_keras_recalibrates_batchnorm_as_keras_3():
-    from tests.test_art import _bn_mlp
-
-    keras3 = _bn_mlp()
+def test_pruned_accuracy_tf_keras_recalibrates_batchnorm_as_keras_3():
+    keras3 = bn_mlp()
     x_train, _, y_train, _ = digits()
     keras3.fit(x_train, y_train, epochs=2, batch_size=64, verbose=0)
-    inputs = tf_keras.Input((64,))
-    h = tf_keras.layers.Dense(32, name="d1")(inputs)
-    h = tf_keras.layers.BatchNormalization(name="bn")(h)
-    h = tf_keras.layers.ReLU()(h)
-    outputs = tf_keras.layers.Dense(10, activation="softmax", name="out")(h)
-    twin = tf_keras_compiled(tf_keras.Model(inputs, outputs))
-    for layer in keras3.layers:
-        if layer.weights:
-            twin.get_layer(layer.name).set_weights(layer.get_weights())
+    twin = copy_weights_by_layer_name(keras3, bn_mlp(module=tf_keras))
     masks = hypersparse_tf.global_magnitude_masks(keras3, 0.9)
     accuracies = {}
     for name, model in (("keras3", keras3), ("tf_keras", twin)):
-        reg = hypersparse_tf.HyperSparse(0.9)
-        hypersparse_tf.attach(model, reg)
-        art = hypersparse_tf.ART(
-            reg, (x_train, y_train), recalibrate_batchnorm=200, verbose=0
-        )
-        art.set_model(model)
-        art.on_train_begin()
         before = [w.copy() for w in model.get_weights()]
-        kernels = {k: v.numpy() for k, v in art._kernels.items()}
-        accuracies[name] = art._pruned_accuracy(kernels, masks)
+        accuracies[name] = hypersparse_tf.pruned_accuracy(
+            model, masks, (x_train, y_train), recalibrate_batchnorm=200
+        )
         for a, b in zip(model.get_weights(), before, strict=True):
             np.testing.assert_array_equal(a, b)
-        art.recalibrate_batchnorm = 0
-        accuracies[name + "_stale"] = art._pruned_accuracy(kernels, masks)
+        accuracies[name + "_stale"] = hypersparse_tf.pruned_accuracy(
+            model, masks, (x_train, y_train)
+        )
     tolerance = 2 / len(y_train)
     assert accuracies["tf_keras"] == pytest.approx(accuracies["keras3"], abs=tolerance)
     assert accuracies["tf_keras_stale"] == pytest.approx(

@@ -14,14 +14,14 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras
 
 import hypersparse_tf
 from tests.art_helpers import num_kernel_weights
 from tests.conftest import MIXED_KEYS
 from tests.conftest import assert_sparsity
+from tests.conftest import copy_weights_by_layer_name
 from tests.conftest import mixed_model
-from tests.tf_keras_helpers import copy_weights_by_layer_name
+from tests.tf_keras_helpers import tf_keras
 from tests.tf_keras_helpers import tf_keras_mixed_model
 from tests.tf_keras_helpers import tf_keras_mlp
 
@@ -289,3 +289,16 @@ def test_example_tfmot_pqat_int8_flatbuffer_keeps_the_mask(tmp_path):
     assert results["kept_weights_lifted"] <= 0.01 * (size - mask_zeros)
     assert results["int8_test_accuracy"] >= 0.8
     assert abs(results["int8_test_accuracy"] - results["qat_test_accuracy"]) <= 0.02
+
+
+def test_tfmot_pruned_weight_names(tfmot):
+    # `_keras_compat` reads tfmot's registry of layers (a private method).
+    from hypersparse_tf import _keras_compat
+
+    dense = tf_keras.layers.Dense(2)
+    depthwise = tf_keras.layers.DepthwiseConv2D(3)
+    dense.build((None, 4))
+    depthwise.build((None, 8, 8, 3))
+    assert _keras_compat.tfmot_pruned_weight_names(dense) == ["kernel"]
+    assert _keras_compat.tfmot_pruned_weight_names(depthwise) == []
+    assert _keras_compat.tfmot_pruned_weight_names(tf_keras.layers.Layer()) is None

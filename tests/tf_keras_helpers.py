@@ -5,61 +5,33 @@ test can compare both flavours on exactly the same numbers.
 """
 
 import numpy as np
-import tf_keras
+import pytest
 
 import hypersparse_tf
 from tests.art_helpers import art_setup
+from tests.art_helpers import compiled
 from tests.art_helpers import digits
 from tests.art_helpers import mlp
+from tests.conftest import TF_KERAS_MISSING
 from tests.conftest import mixed_model
 
-
-def copy_weights_by_layer_name(source, target):
-    """Copies every layer's weights from `source` to the layer of the same name
-    in `target` (the two may be of different Keras flavours)."""
-    for layer in source.layers:
-        if layer.weights:
-            target.get_layer(layer.name).set_weights(layer.get_weights())
-    return target
+# Importing these helpers skips the test module where tf_keras is missing.
+tf_keras = pytest.importorskip("tf_keras", reason=TF_KERAS_MISSING)
 
 
 def tf_keras_mixed_model(seed=0, kernel_regularizer=None):
     """The tf_keras twin of `tests.conftest.mixed_model`, same weights."""
-    inputs = tf_keras.Input((8, 8, 3))
-    x = tf_keras.layers.Conv2D(
-        4, 3, name="conv", kernel_regularizer=kernel_regularizer
-    )(inputs)
-    x = tf_keras.layers.BatchNormalization(name="bn")(x)
-    x = tf_keras.layers.ReLU()(x)
-    x = tf_keras.layers.DepthwiseConv2D(3, name="depthwise")(x)
-    x = tf_keras.layers.SeparableConv2D(5, 3, name="separable")(x)
-    x = tf_keras.layers.Flatten()(x)
-    outputs = tf_keras.layers.Dense(3, name="dense")(x)
-    model = tf_keras.Model(inputs, outputs, name="mixed")
-    return copy_weights_by_layer_name(mixed_model(seed), model)
+    return mixed_model(seed, kernel_regularizer, module=tf_keras)
 
 
 def tf_keras_mlp(seed=0):
     """The tf_keras twin of `tests.art_helpers.mlp`, same weights."""
-    model = tf_keras.Sequential(
-        [
-            tf_keras.Input((64,)),
-            tf_keras.layers.Dense(64, activation="relu", name="d1"),
-            tf_keras.layers.Dense(32, activation="relu", name="d2"),
-            tf_keras.layers.Dense(10, activation="softmax", name="out"),
-        ],
-        name="mlp",
-    )
-    return copy_weights_by_layer_name(mlp(seed), model)
+    return mlp(seed, module=tf_keras)
 
 
 def tf_keras_compiled(model, metrics=("accuracy",)):
-    model.compile(
-        optimizer=tf_keras.optimizers.SGD(0.1, momentum=0.9),
-        loss="sparse_categorical_crossentropy",
-        metrics=list(metrics),
-    )
-    return model
+    """`tests.art_helpers.compiled`: SGD in the model's own Keras."""
+    return compiled(model, metrics)
 
 
 def tf_keras_art_setup(prune_rate=0.9, regularizer=None, seed=0, **kwargs):

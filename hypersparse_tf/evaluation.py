@@ -1,0 +1,288 @@
+"""The accuracy of a pruned copy of a model, and the training accuracy ART reads.
+
+`pruned_accuracy(model, masks, data)` measures what a model would score if
+pruned with `masks`, without changing it: the masked weights are zeroed, the
+data is run in inference mode, and the weights (and BatchNorm statistics) are
+put back. With `recalibrate_batchnorm=n` the BatchNorm moving statistics are
+first re-estimated on `n` samples, since pruning changes the activations that
+the dense model's statistics were measured on. ART scores its candidates with
+a `PrunedEvaluator`, which keeps the traced inference step between epochs.
+"""
+
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from hypersparse_tf import _keras_compat
+from hypersparse_tf import masks as masks_lib
+from hypersparse_tf import prunable
+from hypersparse_tf import validation
+
+EVAL_BATCH_SIZE = 256
+ACCURACY_NAMES = (
+    "accuracy",
+    "acc",
+    "sparse_categorical_accuracy",
+    "categorical_accuracy",
+    "binary_accuracy",
+)
+
+
+def as_batches(data, argument="eval_data"):
+    """Checks `data` and returns it as a batched `tf.data.Dataset` of (x, y)."""
+    if isinstance(data, tf.data.Dataset):
+        if int(data.cardinality()) == 0:
+            raise ValueError(
+                f"Invalid value for argument `{argument}`. Expected a non-empty "
+                "dataset of (x, y) batches. Received an empty dataset."
+            )
+        return data
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(
+            f"Invalid value for argument `{argument}`. Expected a tf.data.Dataset "
+            "of (x, y) batches or a tuple (x, y) of arrays, the data the pruned "
+            f"accuracy is measured on. Received: {argument}={data!r:.80}"
+        )
+    x, y = data
+    if len(x) == 0 or len(x) != len(y):
+        raise ValueError(
+            f"Invalid value for argument `{argument}`. Expected (x, y) with the "
+            f"same number > 0 of samples. Received {len(x)} inputs and {len(y)} "
+            "labels."
+        )
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(EVAL_BATCH_SIZE)
+
+
+def batchnorm_layers(model):
+    """The BatchNormalization layers of a Keras 3 or tf_keras model, nested
+    models included."""
+    classes = [keras.layers.BatchNormalization]
+    if prunable.is_tf_keras(model):
+        classes.append(sys.modules["tf_keras"].layers.BatchNormalization)
+    return [
+        layer
+        for layer in _keras_compat.flatten_layers(model, include_self=False)
+        if isinstance(layer, tuple(classes))
+    ]
+
+
+def recalibrate_batchnorm(model, x):
+    """Sets the BatchNorm moving statistics to the moments of `x`.
+
+    One forward pass in training mode with every BatchNorm momentum at 0: each
+    layer's moving mean and variance become the (biased) batch moments of its
+    input on `x`, given the model's current weights. Nothing else changes.
+
+    Args:
+        model: A built Keras 3 or tf_keras model.
+        x: Inputs, one batch (e.g. a few hundred training samples).
+
+    Returns:
+        List of `(variable, previous value)` pairs, to put the old statistics
+        back with `variable.assign(value)`.
+
+    Example:
+
+    >>> hypersparse_tf.apply_masks(model, masks)
+    >>> hypersparse_tf.recalibrate_batchnorm(model, x_train[:512])
+    """
+    layers = batchnorm_layers(model)
+    saved = [
+        (variable, np.asarray(variable.numpy()))
+        for layer in layers
+        for variable in (layer.moving_mean, layer.moving_variance)
+    ]
+    if not layers:
+        return saved
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for layer in layers:
+            layer.momentum = 0.0
+        model(x, training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+    return saved
+
+
+class PrunedEvaluator:
+    """Scores pruned copies of one model on one data set.
+
+    Args:
+        model: A built Keras 3 or tf_keras classifier with one output of
+            class scores.
+        data: `tf.data.Dataset` of `(x, y)` batches or a tuple `(x, y)`.
+        recalibrate_batchnorm: Int >= 0. Samples of `data` (the first ones)
+            that the BatchNorm statistics are re-estimated on before each
+            score; 0 keeps the model's. Defaults to `0`.
+    """
+
+    def __init__(self, model, data, recalibrate_batchnorm=0):
+        self.model = model
+        self.batches = as_batches(data)
+        self.recalibrate_batchnorm = validation.check_int(
+            recalibrate_batchnorm, "recalibrate_batchnorm", 0
+        )
+        self._predict = None
+        self._recalibration_inputs = None
+
+    def recalibration_inputs(self):
+        """The first `recalibrate_batchnorm` inputs of the data, one batch."""
+        if self._recalibration_inputs is None:
+            inputs, count = [], 0
+            for batch in self.batches:
+                inputs.append(batch[0])
+                count += int(batch[0].shape[0])
+                if count >= self.recalibrate_batchnorm:
+                    break
+            inputs = tf.concat(inputs, axis=0)[: self.recalibrate_batchnorm]
+            self._recalibration_inputs = inputs
+        return self._recalibration_inputs
+
+    def recalibrate(self):
+        """`recalibrate_batchnorm` on the evaluator's samples; returns the
+        previous statistics (nothing when it is off)."""
+        if not self.recalibrate_batchnorm:
+            return []
+        return recalibrate_batchnorm(self.model, self.recalibration_inputs())
+
+    def accuracy(self):
+        """Top-1 accuracy of the model as it is, in inference mode."""
+        if self._predict is None:
+            model = self.model
+            self._predict = tf.function(
+                lambda x: model(x, training=False), reduce_retracing=True
+            )
+        correct = total = 0
+        for batch in self.batches:
+            x, y = batch[0], batch[1]
+            predicted = np.argmax(np.asarray(self._predict(x)), axis=-1)
+            labels = np.asarray(y)
+            if labels.ndim == predicted.ndim + 1 and labels.shape[-1] > 1:
+                labels = np.argmax(labels, axis=-1)
+            labels = labels.reshape(predicted.shape)
+            correct += int(np.sum(predicted == labels))
+            total += int(predicted.size)
+        return correct / total
+
+    def pruned_accuracy(self, weights, masks):
+        """Accuracy with `weights` pruned by `masks`; the model is put back.
+
+        Args:
+            weights: Dict `{key: variable}` of the pruned weights.
+            masks: Dict `{key: bool array}` with the same keys.
+        """
+        values = {key: np.asarray(w.numpy()) for key, w in weights.items()}
+        saved_statistics = []
+        try:
+            masks_lib.assign_masked(weights, masks)  # checks all masks first
+            saved_statistics = self.recalibrate()
+            return self.accuracy()
+        finally:
+            for key, weight in weights.items():
+                weight.assign(values[key])
+            for variable, value in saved_statistics:
+                variable.assign(value)
+
+
+def pruned_accuracy(model, masks, data, recalibrate_batchnorm=0, predicate=None):
+    """The accuracy `model` would have if pruned with `masks`.
+
+    The masked weights are set to zero, `data` is run in inference mode
+    (argmax of the single output against the labels, sparse or one-hot), and
+    every weight and BatchNorm statistic is put back: the model is unchanged.
+    This is how ART scores its pruned copy after each ART epoch.
+
+    Args:
+        model: A built Keras 3 or tf_keras classifier with one output.
+        masks: Dict `{"<layer name>/<weight name>": bool array}`, one mask per
+            prunable weight, True = kept (e.g. `global_magnitude_masks`).
+        data: `tf.data.Dataset` of `(x, y)` batches or a tuple `(x, y)`.
+        recalibrate_batchnorm: Int >= 0. If > 0, the BatchNorm statistics of
+            the pruned copy are re-estimated on the first this many samples of
+            `data` before it is scored (see `recalibrate_batchnorm`). Defaults
+            to `0`: the model's own statistics, as the reference code.
+        predicate: Optional callable `(layer, weight) -> bool` choosing the
+            prunable weights; the one the masks were made with. Defaults to
+            `None`.
+
+    Returns:
+        Float in [0, 1].
+
+    Example:
+
+    >>> masks = hypersparse_tf.global_magnitude_masks(model, 0.9)
+    >>> hypersparse_tf.pruned_accuracy(model, masks, (x_train, y_train))
+    0.93
+    """
+    weights = prunable.prunable_weights(model, predicate)
+    evaluator = PrunedEvaluator(model, data, recalibrate_batchnorm)
+    return evaluator.pruned_accuracy(weights, masks)
+
+
+class TrainingAccuracy:
+    """Finds the training accuracy in a compiled model's epoch logs.
+
+    Args:
+        model: A compiled Keras 3 or tf_keras model.
+        name: String or None. The name in the logs; None finds it among the
+            compiled metrics.
+    """
+
+    def __init__(self, model, name=None):
+        self.name = name
+        self.key = name if name is not None else self._find(model)
+
+    @staticmethod
+    def _find(model):
+        config = model.get_compile_config() or {}
+        names = []  # (name in the logs, whether it is an accuracy)
+
+        def collect(item):
+            if isinstance(item, str):
+                names.append((item, item in ACCURACY_NAMES))
+            elif isinstance(item, dict) and "config" in item:
+                name = item["config"].get("name", "")
+                is_accuracy = str(item.get("class_name", "")).endswith("Accuracy")
+                names.append((name, is_accuracy or name.endswith("accuracy")))
+            elif isinstance(item, dict):
+                for value in item.values():
+                    collect(value)
+            elif isinstance(item, (list, tuple)):
+                for value in item:
+                    collect(value)
+
+        collect(config.get("metrics"))
+        collect(config.get("weighted_metrics"))
+        for name, is_accuracy in names:
+            if is_accuracy:
+                return name
+        names = [name for name, _ in names]
+        raise ValueError(
+            f"ART found no accuracy metric among the compiled metrics {names} of "
+            f"model {model.name!r}. Compile with metrics=['accuracy'] or "
+            "pass `accuracy_metric=<name in the epoch logs>`."
+        )
+
+    def read(self, logs):
+        """The training accuracy in one epoch's `logs`."""
+        if self.key not in logs and self.name is None:
+            # Keras may log a compiled metric under another name ("acc").
+            found = [
+                k
+                for k in logs
+                if not k.startswith("val_")
+                and (k in ACCURACY_NAMES or k.endswith("accuracy"))
+                and k != "pruned_accuracy"
+            ]
+            if len(found) == 1:
+                self.key = found[0]
+        if self.key in logs:
+            return float(logs[self.key])
+        raise KeyError(
+            f"ART reads the training accuracy from the epoch logs under "
+            f"{self.key!r}, which holds only {sorted(logs)}. Pass "
+            "`accuracy_metric=` with one of these names."
+        )
