@@ -64,7 +64,7 @@ def _schedule_attribute(name, doc):
     )
 
 
-class ART(keras.callbacks.Callback):
+class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
     """Adaptive Regularized Training: warm-up, ART, fine-tuning in one `fit`.
 
     The callback drives a `HyperSparse`, `AdaptiveL1` or `AdaptiveL2`
@@ -193,7 +193,6 @@ class ART(keras.callbacks.Callback):
         self._backup = None if backup_dir is None else backup_lib.ARTBackup(backup_dir)
         self._mask_variables = None
         self._evaluator = None
-        self._tf_keras_callback = None
         self.reset()
 
     warmup_epochs = property(lambda self: self.schedule.warmup_epochs)
@@ -216,37 +215,6 @@ class ART(keras.callbacks.Callback):
     best_mean_pruned_accuracy = _schedule_attribute(
         "best_mean_pruned_accuracy", "The best buffer mean so far."
     )
-
-    def for_tf_keras(self):
-        """This callback in a form a tf_keras (Keras 2) `fit` accepts.
-
-        A tf_keras `fit` takes only `tf_keras.callbacks.Callback` objects. The
-        object returned forwards every call to this `ART`, so `art.phase`,
-        `art.history` and `art.masks` are read here as usual. Imports tf_keras;
-        the same object is returned on every call.
-
-        Returns:
-            A `tf_keras.callbacks.Callback`.
-
-        Example:
-
-        >>> art = hypersparse_tf.ART(reg, eval_data=(x_train, y_train))
-        >>> tf_keras_model.fit(x_train, y_train, epochs=1000,
-        ...                    callbacks=[art.for_tf_keras()])
-        >>> art.masks  # the fine-tuning mask
-        """
-        if self._tf_keras_callback is None:
-            regularizers.register_with_tf_keras()
-            self._tf_keras_callback = tf_keras_callback.art_for_tf_keras(self)
-        return self._tf_keras_callback
-
-    def _implements_train_batch_hooks(self):
-        # tf_keras's CallbackList calls this on every callback it is given (a
-        # Keras 3 callback has no such method): say what to do instead.
-        raise TypeError(
-            "hypersparse_tf.ART is a Keras 3 callback and this `fit` is tf_keras's "
-            "(Keras 2). Pass `art.for_tf_keras()` in `callbacks` instead of `art`."
-        )
 
     def reset(self):
         """Forgets all progress: the next `fit` starts with the warm-up."""

@@ -21,7 +21,6 @@ channels next to any other layer, and those of the model's inputs and outputs,
 stay: what `shrink` does not understand, it leaves alone.
 """
 
-
 import keras
 import numpy as np
 

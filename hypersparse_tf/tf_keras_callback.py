@@ -10,6 +10,7 @@ imported on first use only.
 import functools
 
 from hypersparse_tf import prunable
+from hypersparse_tf import regularizers
 
 
 @functools.cache
@@ -66,3 +67,39 @@ def _callback_class():
 def art_for_tf_keras(art):
     """A `tf_keras.callbacks.Callback` that runs `art` (an `ART`)."""
     return _callback_class()(art)
+
+
+class TfKerasFace:
+    """What `ART` offers a tf_keras `fit`: `for_tf_keras()`, and a clear error
+    when the `ART` object itself is handed to one."""
+
+    def for_tf_keras(self):
+        """This callback in a form a tf_keras (Keras 2) `fit` accepts.
+
+        A tf_keras `fit` takes only `tf_keras.callbacks.Callback` objects. The
+        object returned forwards every call to this `ART`, so `art.phase`,
+        `art.history` and `art.masks` are read here as usual. Imports tf_keras;
+        the same object is returned on every call.
+
+        Returns:
+            A `tf_keras.callbacks.Callback`.
+
+        Example:
+
+        >>> art = hypersparse_tf.ART(reg, eval_data=(x_train, y_train))
+        >>> tf_keras_model.fit(x_train, y_train, epochs=1000,
+        ...                    callbacks=[art.for_tf_keras()])
+        >>> art.masks  # the fine-tuning mask
+        """
+        if getattr(self, "_tf_keras_callback", None) is None:
+            regularizers.register_with_tf_keras()
+            self._tf_keras_callback = art_for_tf_keras(self)
+        return self._tf_keras_callback
+
+    def _implements_train_batch_hooks(self):
+        # tf_keras's CallbackList calls this on every callback it is given (a
+        # Keras 3 callback has no such method): say what to do instead.
+        raise TypeError(
+            "hypersparse_tf.ART is a Keras 3 callback and this `fit` is tf_keras's "
+            "(Keras 2). Pass `art.for_tf_keras()` in `callbacks` instead of `art`."
+        )
