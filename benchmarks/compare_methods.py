@@ -26,7 +26,15 @@ has the same total epoch budget `budget_epochs`:
 
 All methods use SGD with the same learning rate, momentum, weight decay,
 batch size and data pipeline. ART's pruned accuracy is measured on the
-training subset, as in the reference code.
+training subset (`--eval_augmented`: shuffled and augmented anew each epoch,
+as the reference's training loader). Each row reports the test accuracy
+after the last epoch and the best over the fine-tuning epochs (chosen on the
+test set, the number the paper reports).
+
+The reference code's details can be switched on one at a time, to measure
+what each does (`--candidate_rule`, `--eval_augmented`,
+`--weight_decay_mode=coupled`, `--reference_batchnorm`,
+`--reference_architecture`); `--gpu_paper` has them all.
 
 Each (setting, seed) pair runs in its own process (`--jobs` at a time, the CPU
 threads split between them). Results go to `--output_dir`:
@@ -101,6 +109,11 @@ class Setting:
     buffer_size: int = 1
     cost: float = 1.0  # relative time of one job, to start the longest first
     data_path: str = None
+    candidate_rule: str = "reference"
+    eval_augmented: bool = False
+    weight_decay_mode: str = "decoupled"
+    reference_batchnorm: bool = False
+    reference_architecture: bool = False
 
 
 # The CPU protocol. ART's coefficient grows per epoch, and these subsets have
@@ -178,6 +191,21 @@ PAPER_SETTING = Setting(
     finetune_epochs=160,
     lambda_init=5e-6,
     eta=1.05,
+    eval_augmented=True,
+    weight_decay_mode="coupled",
+    reference_batchnorm=True,
+    reference_architecture=True,
+)
+
+# The reference's network details, per switch.
+_REFERENCE_BATCHNORM = {"batchnorm_momentum": 0.9, "batchnorm_epsilon": 1e-5}
+_REFERENCE_ARCHITECTURE = {"kernel_initializer": "reference", "symmetric_padding": True}
+_SWITCHES = (
+    "candidate_rule",
+    "eval_augmented",
+    "weight_decay_mode",
+    "reference_batchnorm",
+    "reference_architecture",
 )
 
 
@@ -185,7 +213,7 @@ def _define_flags():
     """Defines the absl flags: only when run as a script, so that importing
     this module (tests, worker processes) defines none."""
     global _SETTINGS, _SPARSITIES, _SEEDS, _METHODS, _JOBS, _GPU_PAPER
-    global _DATA_PATH, _OVERRIDES, _OUTPUT_DIR, _REPLOT, _NAME
+    global _DATA_PATH, _OVERRIDES, _OUTPUT_DIR, _REPLOT, _NAME, _SWITCH_FLAGS
     _SETTINGS = flags.DEFINE_list(
         "settings", list(SETTINGS), f"Settings to run, of {list(SETTINGS)}."
     )
@@ -226,6 +254,36 @@ def _define_flags():
     _OVERRIDES["buffer_size"] = flags.DEFINE_integer(
         "buffer_size", None, "Override every setting's ART buffer_size."
     )
+    _SWITCH_FLAGS = {
+        "candidate_rule": flags.DEFINE_enum(
+            "candidate_rule",
+            None,
+            ["reference", "best_mean"],
+            "ART's best-candidate rule (default: the setting's, 'reference').",
+        ),
+        "eval_augmented": flags.DEFINE_bool(
+            "eval_augmented",
+            None,
+            "Score ART's pruned copy on the augmented, shuffled training data.",
+        ),
+        "weight_decay_mode": flags.DEFINE_enum(
+            "weight_decay_mode",
+            None,
+            ["decoupled", "coupled"],
+            "Keras' decoupled weight decay or PyTorch's coupled one.",
+        ),
+        "reference_batchnorm": flags.DEFINE_bool(
+            "reference_batchnorm",
+            None,
+            "PyTorch's BatchNorm in resnet/vgg19_bn: momentum 0.1 (Keras 0.9), "
+            "epsilon 1e-5.",
+        ),
+        "reference_architecture": flags.DEFINE_bool(
+            "reference_architecture",
+            None,
+            "The reference's initializer and, in resnet, symmetric stride-2 padding.",
+        ),
+    }
     _OUTPUT_DIR = flags.DEFINE_string(
         "output_dir", "benchmarks/results", "Where the results are written."
     )
@@ -246,6 +304,17 @@ def _define_flags():
 # --------------------------------------------------------------------- worker
 
 
+def _model_style(setting):
+    style = {}
+    if setting.reference_batchnorm:
+        style.update(_REFERENCE_BATCHNORM)
+    if setting.reference_architecture:
+        style.update(_REFERENCE_ARCHITECTURE)
+        if setting.model != "resnet":
+            del style["symmetric_padding"]
+    return style
+
+
 def _build(setting, num_classes, input_shape, flavour="keras"):
     from hypersparse_tf import models
 
@@ -255,16 +324,31 @@ def _build(setting, num_classes, input_shape, flavour="keras"):
         input_shape=input_shape,
         flavour=flavour,
         **setting.model_kwargs,
+        **_model_style(setting),
+    )
+
+
+def _optimizer(module, setting):
+    from hypersparse_tf import optimizers
+
+    if setting.weight_decay_mode == "coupled":
+        if module.__name__ != "keras":
+            raise ValueError("coupled weight decay: Keras 3 models only")
+        return optimizers.CoupledSGD(
+            setting.learning_rate,
+            momentum=setting.momentum,
+            weight_decay=setting.weight_decay,
+        )
+    return module.optimizers.SGD(
+        setting.learning_rate,
+        momentum=setting.momentum,
+        weight_decay=setting.weight_decay or None,
     )
 
 
 def _compile(module, model, setting):
     model.compile(
-        optimizer=module.optimizers.SGD(
-            setting.learning_rate,
-            momentum=setting.momentum,
-            weight_decay=setting.weight_decay or None,
-        ),
+        optimizer=_optimizer(module, setting),
         loss=module.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
@@ -294,18 +378,29 @@ def run_job(setting, seed, sparsities, methods, threads, verbose=0):
     steps = pipes["steps_per_epoch"]
     rest = setting.budget_epochs - setting.warmup_epochs
 
-    def fit(model, epochs, callbacks=()):
+    def test_accuracy(model):
+        return float(model.evaluate(pipes["test"], verbose=0)[1])
+
+    tested = []  # test accuracy after each fine-tuning epoch of the last fit
+
+    def fit(model, epochs, callbacks=(), finetuning=lambda epoch: True):
+        """Trains; records the test accuracy after every epoch for which
+        `finetuning(epoch)` holds (called after the other callbacks)."""
+        tested.clear()
+
+        def on_epoch_end(epoch, logs):
+            if finetuning(epoch):
+                tested.append(test_accuracy(model))
+
+        check = _lambda_callback(model, on_epoch_end)
         history = model.fit(
             pipes["train"],
             steps_per_epoch=steps,
             epochs=epochs,
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, check],
             verbose=verbose,
         )
         return [float(a) for a in history.history["accuracy"]]
-
-    def test_accuracy(model):
-        return float(model.evaluate(pipes["test"], verbose=0)[1])
 
     def finetune_schedule(length):
         return keras.callbacks.LearningRateScheduler(
@@ -320,15 +415,19 @@ def run_job(setting, seed, sparsities, methods, threads, verbose=0):
 
     rows = []
 
-    def row(method, target, model, start, **extra):
+    def row(method, target, model, start, finetuned=True, **extra):
         kernels = hypersparse_tf.prunable_weights(model)
+        final = test_accuracy(model)
+        if finetuned:  # the last fine-tuning epoch's is the final accuracy
+            extra["best_finetune_test_accuracy"] = max([*tested, final])
+            extra["finetune_test_accuracy_history"] = list(tested)
         rows.append(
             dict(
                 setting=None,
                 seed=seed,
                 method=method,
                 target=target,
-                test_accuracy=test_accuracy(model),
+                test_accuracy=final,
                 sparsity=hypersparse_tf.sparsity(model),
                 prunable_weights=int(sum(np.prod(w.shape) for w in kernels.values())),
                 seconds=time.perf_counter() - start,
@@ -343,7 +442,7 @@ def run_job(setting, seed, sparsities, methods, threads, verbose=0):
     keras.utils.set_random_seed(seed)
     model = _build(setting, data.num_classes, data.input_shape)
     _compile(keras, model, setting)
-    warm_history = fit(model, setting.warmup_epochs)
+    warm_history = fit(model, setting.warmup_epochs, finetuning=lambda e: False)
     warm = model  # trained no further: every method starts from a copy
     warm_weights = warm.get_weights()
     has_batchnorm = _has_batchnorm(model)
@@ -353,6 +452,7 @@ def run_job(setting, seed, sparsities, methods, threads, verbose=0):
         0.0,
         model,
         start,
+        finetuned=False,
         epochs=setting.warmup_epochs,
         train_accuracy_history=warm_history,
     )
@@ -388,7 +488,11 @@ def run_job(setting, seed, sparsities, methods, threads, verbose=0):
                 hypersparse_tf.attach(model, reg)
                 art = hypersparse_tf.ART(
                     reg,
-                    pipes["train_eval"],
+                    pipes[
+                        "train_eval_augmented"
+                        if setting.eval_augmented
+                        else "train_eval"
+                    ],
                     warmup_epochs=0,
                     lambda_init=setting.lambda_init,
                     eta=setting.eta,
@@ -397,9 +501,17 @@ def run_job(setting, seed, sparsities, methods, threads, verbose=0):
                     buffer_size=setting.buffer_size,
                     prune_rate=None if kind == "hs" else target,
                     recalibrate_batchnorm=512 if method == "art_hs_bn" else 0,
+                    candidate_rule=setting.candidate_rule,
                     verbose=verbose,
                 )
-                fit(model, rest, [art])
+                fit(
+                    model,
+                    rest,
+                    [art],
+                    finetuning=lambda e, art=art: (
+                        art.history[-1]["phase"] == "finetune"
+                    ),
+                )
                 if art.phase != "done":
                     raise RuntimeError(f"{method} ended in phase {art.phase!r}")
                 pruned = [h["pruned_accuracy"] for h in art.history]
@@ -443,6 +555,19 @@ def run_job(setting, seed, sparsities, methods, threads, verbose=0):
     for r in rows:
         r["warmup_seconds"] = warmup_seconds
     return rows
+
+
+def _lambda_callback(model, on_epoch_end):
+    """A LambdaCallback of the model's own Keras (tfmot's model is tf_keras)."""
+    import keras
+
+    from hypersparse_tf.prunable import is_tf_keras
+
+    if is_tf_keras(model):
+        import tf_keras
+
+        return tf_keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
+    return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
 
 
 def _has_batchnorm(model):
@@ -491,6 +616,7 @@ def _tfmot_gmp(setting, data, warm, target, fit, steps, rest):
             tfmot.sparsity.keras.UpdatePruningStep(),
             tf_keras.callbacks.LearningRateScheduler(lr),
         ],
+        finetuning=lambda epoch: epoch >= prune_epochs,
     )
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     _compile(tf_keras, stripped, setting)
@@ -593,13 +719,16 @@ def write_markdown(path, results, settings, argv, elapsed, jobs, date=None):
             f"({', '.join(f'{k}={v}' for k, v in setting.model_kwargs.items())})`, "
             f"{example['prunable_weights']:,d} prunable weights; batch "
             f"{setting.batch_size}, SGD lr {setting.learning_rate} momentum "
-            f"{setting.momentum} weight decay {setting.weight_decay}, augmentation "
+            f"{setting.momentum} weight decay {setting.weight_decay} "
+            f"({setting.weight_decay_mode}), augmentation "
             f"{'on' if setting.augment else 'off'}; budget {setting.budget_epochs} "
             f"epochs = warm-up {setting.warmup_epochs} + "
             f"{setting.budget_epochs - setting.warmup_epochs}; ART lambda_init "
             f"{setting.lambda_init}, eta {setting.eta}, buffer b = "
             f"{setting.buffer_size}, fine-tuning >= "
-            f"{setting.finetune_epochs}; seeds {seeds}.",
+            f"{setting.finetune_epochs}; seeds {seeds}. Reference switches: "
+            + ", ".join(f"{switch}={getattr(setting, switch)}" for switch in _SWITCHES)
+            + ".",
             "",
         ]
         warm = groups.get((name, "warmup", 0.0), [])
@@ -618,9 +747,10 @@ def write_markdown(path, results, settings, argv, elapsed, jobs, date=None):
             )
         lines += [
             "",
-            "| sparsity | method | test accuracy % | measured sparsity % | "
-            "ART epochs (stopped by budget) | time per run |",
-            "|---|---|---|---|---|---|",
+            "| sparsity | method | test accuracy % (last epoch) | best over "
+            "fine-tuning % | measured sparsity % | ART epochs (stopped by "
+            "budget) | time per run |",
+            "|---|---|---|---|---|---|---|",
         ]
         targets = sorted({r["target"] for r in rows if r["setting"] == name} - {0.0})
         for target in targets:
@@ -636,9 +766,13 @@ def write_markdown(path, results, settings, argv, elapsed, jobs, date=None):
                     art = f"{mean_epochs:.1f} ({stopped}/{len(group)})"
                 sparsity = np.mean([r["sparsity"] for r in group])
                 seconds = np.mean([r["seconds"] for r in group])
+                best, best_s, _, _ = _mean_spread(
+                    [r.get("best_finetune_test_accuracy") for r in group]
+                )
+                best = "-" if best is None else f"{100 * best:.2f} ± {100 * best_s:.2f}"
                 lines.append(
                     f"| {100 * target:g}% | {LABELS[method]} | {100 * m:.2f} ± "
-                    f"{100 * s:.2f} [{100 * lo:.2f} - {100 * hi:.2f}] | "
+                    f"{100 * s:.2f} [{100 * lo:.2f} - {100 * hi:.2f}] | {best} | "
                     f"{100 * sparsity:.3f} | {art} | {seconds:.0f} s |"
                 )
         for reference in ("art_hs", "art_hs_bn"):
@@ -787,7 +921,7 @@ def _settings():
             )
         settings = {n: dataclasses.replace(SETTINGS[n]) for n in _SETTINGS.value}
     for setting in settings.values():
-        for name, flag in _OVERRIDES.items():
+        for name, flag in {**_OVERRIDES, **_SWITCH_FLAGS}.items():
             if flag.value is not None:
                 setattr(setting, name, flag.value)
         if _DATA_PATH.value is not None:
@@ -805,7 +939,12 @@ def replot(out, name):
     """Writes `<name>.md` and `<name>.png` again from `<name>.json`."""
     with open(out / f"{name}.json") as f:
         report = json.load(f)
-    settings = {n: Setting(**s) for n, s in report["settings"].items()}
+    # Runs written before the switches existed used the earlier candidate
+    # rule and none of the reference's details.
+    settings = {
+        n: Setting(**{"candidate_rule": "best_mean", **s})
+        for n, s in report["settings"].items()
+    }
     jobs = max(1, min(2, len(report["jobs"])))
     write_markdown(
         out / f"{name}.md",

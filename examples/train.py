@@ -67,8 +67,34 @@ flags.DEFINE_integer("max_epochs", _DEFAULT.max_epochs, "Upper bound on epochs."
 flags.DEFINE_integer("batch_size", _DEFAULT.batch_size, "Batch size per replica.")
 flags.DEFINE_float("learning_rate", _DEFAULT.learning_rate, "SGD learning rate.")
 flags.DEFINE_float("momentum", _DEFAULT.momentum, "SGD momentum.")
+flags.DEFINE_float("weight_decay", _DEFAULT.weight_decay, "SGD weight decay.")
+flags.DEFINE_enum(
+    "weight_decay_mode",
+    _DEFAULT.weight_decay_mode,
+    experiment.WEIGHT_DECAY_MODES,
+    "decoupled: Keras' SGD; coupled: added to the gradient, PyTorch's (the "
+    "reference's, ~10x stronger at momentum 0.9).",
+)
 flags.DEFINE_float(
-    "weight_decay", _DEFAULT.weight_decay, "SGD weight decay (decoupled, Keras')."
+    "batchnorm_momentum",
+    _DEFAULT.batchnorm_momentum,
+    "BatchNorm momentum of resnet*/vgg19_bn (the reference: 0.9 = PyTorch's 0.1).",
+)
+flags.DEFINE_float(
+    "batchnorm_epsilon",
+    _DEFAULT.batchnorm_epsilon,
+    "BatchNorm epsilon of resnet*/vgg19_bn (the reference: 1e-5).",
+)
+flags.DEFINE_string(
+    "kernel_initializer",
+    _DEFAULT.kernel_initializer,
+    "Kernel initializer of resnet*/vgg19_bn: a Keras initializer, or "
+    "'reference' (Kaiming normal, dense std 0.01).",
+)
+flags.DEFINE_bool(
+    "symmetric_padding",
+    _DEFAULT.symmetric_padding,
+    "Pad stride-2 3x3 convolutions of resnet* on every side, as PyTorch.",
 )
 flags.DEFINE_bool("augment", None, "Crop + flip; default: on for colour images.")
 flags.DEFINE_integer("seed", _DEFAULT.seed, "Random seed.")

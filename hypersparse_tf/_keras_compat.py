@@ -201,6 +201,17 @@ def learning_rate_attribute(optimizer):
     return hyper.get("learning_rate")
 
 
+def variable_index(optimizer, variable):
+    """The index of `variable` in the lists a Keras 3 optimizer builds (one
+    slot variable per trainable variable, in `build`'s order).
+
+    Relies on `Optimizer._get_variable_index(variable)`, which Keras' own
+    optimizers use in `update_step` for the same purpose.
+    """
+    index = _require(optimizer, "_get_variable_index", "an optimizer's slot order")
+    return index(variable)
+
+
 def build_optimizer(model):
     """Creates the optimizer's variables if no step has created them yet.
 

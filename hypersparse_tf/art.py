@@ -131,6 +131,10 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
             alongside `keras.callbacks.BackupAndRestore` or tf_keras's).
             Deleted when `fit` ends normally. Defaults to `None`.
         verbose: Int. 0: silent; 1: announce phase changes. Defaults to `1`.
+        candidate_rule: `"reference"` or `"best_mean"`. When the buffer's
+            middle element becomes the best candidate: the reference code's
+            rule, or this library's earlier one (see `art_schedule`).
+            Defaults to `"reference"`.
 
     Example:
 
@@ -161,6 +165,7 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         epoch_budget=None,
         backup_dir=None,
         verbose=1,
+        candidate_rule="reference",
     ):
         super().__init__()
         self.prune_rate = regularizers.art_prune_rate(regularizer, prune_rate)
@@ -186,7 +191,13 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         )
         self._eval_batches = evaluation.as_batches(eval_data)
         self.schedule = art_schedule.ARTSchedule(
-            warmup_epochs, lambda_init, eta, finetune_epochs, buffer_size, epoch_budget
+            warmup_epochs,
+            lambda_init,
+            eta,
+            finetune_epochs,
+            buffer_size,
+            epoch_budget,
+            candidate_rule,
         )
         self.backup_dir = None if backup_dir is None else str(backup_dir)
         self.verbose = validation.check_int(verbose, "verbose", 0)
@@ -213,7 +224,7 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         "stopped_by_budget", "Whether `epoch_budget`, not the rule, ended ART."
     )
     best_mean_pruned_accuracy = _schedule_attribute(
-        "best_mean_pruned_accuracy", "The best buffer mean so far."
+        "best_mean_pruned_accuracy", "The buffer mean stored with the best candidate."
     )
 
     def reset(self):
@@ -421,4 +432,5 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
             "accuracy_metric": self.accuracy_metric,
             "backup_dir": self.backup_dir,
             "verbose": self.verbose,
+            "candidate_rule": self.schedule.candidate_rule,
         }

@@ -11,13 +11,20 @@ The rule, per the paper's code:
 
 1. warm-up: `warmup_epochs` epochs with coefficient 0;
 2. ART epoch `e` (0-based) has the coefficient `lambda_init * eta**e`. After
-   each, the buffer keeps the last `2 * buffer_size + 1` epochs; when its mean
-   pruned accuracy beats the best mean so far, its middle element becomes the
-   best candidate. ART ends when the best mean exceeds the epoch's dense
+   each, the buffer keeps the last `2 * buffer_size + 1` epochs. When the
+   buffer's mean pruned accuracy exceeds the best candidate's OWN pruned
+   accuracy (its single epoch's), the buffer's middle element (index
+   `min(len - 1, buffer_size)`) becomes the best candidate and the buffer's
+   mean is stored with it, so the stored mean can go down (`utils/art.py` of
+   the reference). ART ends when the stored mean exceeds the epoch's dense
    training accuracy, or, with `epoch_budget`, when only `finetune_epochs` of
    the budget remain;
 3. fine-tuning lasts `finetune_epochs` (with a budget: what the budget leaves);
 4. done.
+
+`candidate_rule="best_mean"` is this library's earlier rule, kept for
+comparison: the buffer's mean must beat the best MEAN so far (which only
+rises), and the middle element is index `len // 2`.
 """
 
 import dataclasses
@@ -28,6 +35,7 @@ import numpy as np
 from hypersparse_tf import validation
 
 PHASES = ("warmup", "art", "finetune", "done")
+CANDIDATE_RULES = ("reference", "best_mean")
 
 
 def finetune_lr_factor(epoch, length):
@@ -76,6 +84,9 @@ class ARTSchedule:
         buffer_size: Int >= 0. `b`: the buffer holds `2b + 1` epochs.
         epoch_budget: Int or None. Warm-up, ART and fine-tuning together (see
             `ART`). Defaults to `None`.
+        candidate_rule: `"reference"` or `"best_mean"`. When the buffer's
+            middle element becomes the best candidate (see the module).
+            Defaults to `"reference"`.
 
     Example:
 
@@ -93,6 +104,7 @@ class ARTSchedule:
         finetune_epochs,
         buffer_size,
         epoch_budget=None,
+        candidate_rule="reference",
     ):
         self.warmup_epochs = validation.check_int(warmup_epochs, "warmup_epochs", 0)
         self.lambda_init = validation.check_float(
@@ -105,6 +117,9 @@ class ARTSchedule:
         self.buffer_size = validation.check_int(buffer_size, "buffer_size", 0)
         self.epoch_budget = check_epoch_budget(
             epoch_budget, self.warmup_epochs, self.finetune_epochs
+        )
+        self.candidate_rule = validation.check_choice(
+            candidate_rule, "candidate_rule", CANDIDATE_RULES
         )
         self.reset()
 
@@ -163,9 +178,17 @@ class ARTSchedule:
         self.buffer.append(Candidate(self.epochs_seen, float(pruned_accuracy), payload))
         del self.buffer[: -(2 * self.buffer_size + 1)]
         mean = float(np.mean([c.pruned_accuracy for c in self.buffer]))
-        if mean > self.best_mean_pruned_accuracy:
+        if self.candidate_rule == "reference":
+            # The first ART epoch always becomes a candidate (the reference
+            # starts from 0.0: the same unless every accuracy so far is 0).
+            bar = -math.inf if self.best is None else self.best.pruned_accuracy
+            middle = min(len(self.buffer) - 1, self.buffer_size)
+        else:
+            bar = self.best_mean_pruned_accuracy
+            middle = len(self.buffer) // 2
+        if mean > bar:
             self.best_mean_pruned_accuracy = mean
-            self.best = self.buffer[len(self.buffer) // 2]
+            self.best = self.buffer[middle]
         self.art_epochs_done += 1
         rule_fired = self.best_mean_pruned_accuracy > dense_accuracy
         out_of_budget = (

@@ -14,9 +14,19 @@ flavour to the other layer by layer.
 - `lenet_300_100`: the classic fully connected LeNet-300-100.
 - `small_cnn`: a CNN whose full-integer TFLite model fits a microcontroller.
 
-Convolution and dense kernels are initialized with `he_normal` (Kaiming normal,
-as the PyTorch reference code does).
+Convolution and dense kernels are initialized with `he_normal` by default.
+`resnet` and `vgg19_bn` also build the reference code's exact network
+(`hypersparse_tf.reference.model_settings()`, what the paper presets use):
+PyTorch's BatchNorm (`batchnorm_momentum=0.9`, i.e. PyTorch's 0.1, and
+`batchnorm_epsilon=1e-5`), its initialization (`kernel_initializer=
+"reference"`: Kaiming normal, untruncated, fan_out for the ResNet and fan_in
+for VGG; dense kernels normal with std 0.01) and, for the ResNet, symmetric
+padding of the stride-2 3x3 convolutions (`symmetric_padding=True`: PyTorch's
+`padding=1`; TF's `"same"` pads only the bottom/right there, which shifts the
+main path one pixel against the 1x1 shortcut).
 """
+
+import random
 
 import keras
 
@@ -48,6 +58,86 @@ VGG19_CONFIG = (
 
 _INITIALIZER = "he_normal"
 FLAVOURS = ("keras", "tf_keras")
+
+
+class _Style:
+    """The per-layer settings of one paper model (see the module docstring)."""
+
+    def __init__(
+        self,
+        k,
+        batchnorm_momentum,
+        batchnorm_epsilon,
+        kernel_initializer,
+        symmetric_padding=False,
+        conv_fan="fan_out",
+    ):
+        self.k = k
+        self.momentum = validation.check_float(
+            batchnorm_momentum, "batchnorm_momentum", 0, 1, exclusive_maximum=True
+        )
+        self.epsilon = validation.check_float(
+            batchnorm_epsilon, "batchnorm_epsilon", 0, exclusive_minimum=True
+        )
+        self.symmetric_padding = validation.check_bool(
+            symmetric_padding, "symmetric_padding"
+        )
+        # A new initializer per layer: an unseeded instance used twice gives
+        # the same values twice.
+        if kernel_initializer == "reference":
+            self.conv_initializer = lambda: k.initializers.VarianceScaling(
+                2.0, conv_fan, "untruncated_normal"
+            )
+            self.dense_initializer = lambda: k.initializers.RandomNormal(stddev=0.01)
+        else:
+            # Checked on a throw-away instance without using up a draw of the
+            # random seeds Keras gives unseeded initializers (the same seed
+            # must build the same model).
+            state = random.getstate()
+            try:
+                k.initializers.get(kernel_initializer)
+            except (ValueError, TypeError) as error:
+                raise ValueError(
+                    validation.invalid(
+                        "kernel_initializer",
+                        '"reference" or a Keras initializer',
+                        kernel_initializer,
+                    )
+                ) from error
+            finally:
+                random.setstate(state)
+            self.conv_initializer = self.dense_initializer = lambda: (
+                k.initializers.get(kernel_initializer)
+                if isinstance(kernel_initializer, str)
+                else kernel_initializer
+            )
+
+    def batchnorm(self, x, name):
+        return self.k.layers.BatchNormalization(
+            momentum=self.momentum, epsilon=self.epsilon, name=name
+        )(x)
+
+    def conv(self, x, filters, kernel_size, name, strides=1):
+        padding = "same"
+        if kernel_size > 1 and strides > 1 and self.symmetric_padding:
+            x = self.k.layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x)
+            padding = "valid"
+        elif kernel_size == 1:
+            padding = "valid"
+        return self.k.layers.Conv2D(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            use_bias=False,
+            kernel_initializer=self.conv_initializer(),
+            name=name,
+        )(x)
+
+    def classifier(self, x, num_classes):
+        return self.k.layers.Dense(
+            num_classes, kernel_initializer=self.dense_initializer(), name="predictions"
+        )(x)
 
 
 def _keras_module(flavour):
@@ -104,65 +194,44 @@ def _check_input_shape(input_shape, rank=None, min_size=1, requirement=None):
     return input_shape
 
 
-def _conv_bn_relu(k, x, filters, name, strides=1, kernel_size=3):
-    x = k.layers.Conv2D(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding="same",
-        use_bias=False,
-        kernel_initializer=_INITIALIZER,
-        name=f"{name}_conv",
-    )(x)
-    x = k.layers.BatchNormalization(name=f"{name}_bn")(x)
+def _conv_bn_relu(k, x, filters, name, strides=1, kernel_size=3, style=None):
+    style = style or _Style(k, 0.99, 1e-3, _INITIALIZER)
+    x = style.conv(x, filters, kernel_size, f"{name}_conv", strides)
+    x = style.batchnorm(x, f"{name}_bn")
     return k.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _basic_block(k, x, filters, strides, name):
+def _basic_block(style, x, filters, strides, name):
     """Two 3x3 conv + BN, a 1x1 conv + BN shortcut where the shape changes."""
+    k = style.k
     shortcut = x
-    y = k.layers.Conv2D(
-        filters,
-        3,
-        strides=strides,
-        padding="same",
-        use_bias=False,
-        kernel_initializer=_INITIALIZER,
-        name=f"{name}_conv1",
-    )(x)
-    y = k.layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = style.conv(x, filters, 3, f"{name}_conv1", strides)
+    y = style.batchnorm(y, f"{name}_bn1")
     y = k.layers.ReLU(name=f"{name}_relu1")(y)
-    y = k.layers.Conv2D(
-        filters,
-        3,
-        padding="same",
-        use_bias=False,
-        kernel_initializer=_INITIALIZER,
-        name=f"{name}_conv2",
-    )(y)
-    y = k.layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = style.conv(y, filters, 3, f"{name}_conv2")
+    y = style.batchnorm(y, f"{name}_bn2")
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = k.layers.Conv2D(
-            filters,
-            1,
-            strides=strides,
-            use_bias=False,
-            kernel_initializer=_INITIALIZER,
-            name=f"{name}_shortcut_conv",
-        )(x)
-        shortcut = k.layers.BatchNormalization(name=f"{name}_shortcut_bn")(shortcut)
+        shortcut = style.conv(x, filters, 1, f"{name}_shortcut_conv", strides)
+        shortcut = style.batchnorm(shortcut, f"{name}_shortcut_bn")
     y = k.layers.Add(name=f"{name}_add")([y, shortcut])
     return k.layers.ReLU(name=f"{name}_out")(y)
 
 
 def _classifier(k, x, num_classes):
-    return k.layers.Dense(
-        num_classes, kernel_initializer=_INITIALIZER, name="predictions"
-    )(x)
+    return _Style(k, 0.99, 1e-3, _INITIALIZER).classifier(x, num_classes)
 
 
 def resnet(
-    depth=32, num_classes=10, input_shape=(32, 32, 3), width=32, *, flavour="keras"
+    depth=32,
+    num_classes=10,
+    input_shape=(32, 32, 3),
+    width=32,
+    *,
+    flavour="keras",
+    batchnorm_momentum=0.99,
+    batchnorm_epsilon=1e-3,
+    kernel_initializer=_INITIALIZER,
+    symmetric_padding=False,
 ):
     """The "doubled" CIFAR ResNet of the HyperSparse reference code.
 
@@ -187,6 +256,17 @@ def resnet(
             Defaults to `32`.
         flavour: `"keras"` (Keras 3) or `"tf_keras"` (Keras 2, for
             tensorflow-model-optimization). Defaults to `"keras"`.
+        batchnorm_momentum: Float in [0, 1). Keras' BatchNorm momentum (the
+            reference's PyTorch 0.1 is 0.9 here). Defaults to `0.99`.
+        batchnorm_epsilon: Float > 0. Defaults to `1e-3` (the reference:
+            `1e-5`).
+        kernel_initializer: A Keras initializer, or `"reference"` (Kaiming
+            normal with fan_out for convolutions, normal std 0.01 for the
+            classifier). Defaults to `"he_normal"`.
+        symmetric_padding: Bool. Pad the stride-2 3x3 convolutions by one
+            pixel on every side (explicit `ZeroPadding2D` + `"valid"`), as
+            the reference; `"same"` pads bottom/right only. Defaults to
+            `False`.
 
     Returns:
         A functional `keras.Model` (`tf_keras.Model`) named `f"resnet{depth}"`.
@@ -212,30 +292,48 @@ def resnet(
     blocks = (depth - 2) // 6
 
     k = _keras_module(flavour)
+    style = _Style(
+        k,
+        batchnorm_momentum,
+        batchnorm_epsilon,
+        kernel_initializer,
+        symmetric_padding,
+        conv_fan="fan_out",
+    )
     inputs = k.Input(input_shape, name="image")
-    x = _conv_bn_relu(k, inputs, width, "stem")
+    x = _conv_bn_relu(k, inputs, width, "stem", style=style)
     for stage in range(3):
         filters = width * 2**stage
         for block in range(blocks):
             strides = 2 if stage > 0 and block == 0 else 1
             x = _basic_block(
-                k, x, filters, strides, f"stage{stage + 1}_block{block + 1}"
+                style, x, filters, strides, f"stage{stage + 1}_block{block + 1}"
             )
     x = k.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = _classifier(k, x, num_classes)
+    outputs = style.classifier(x, num_classes)
     return k.Model(inputs, outputs, name=f"resnet{depth}")
 
 
-def vgg19_bn(num_classes=10, input_shape=(32, 32, 3), *, flavour="keras"):
+def vgg19_bn(
+    num_classes=10,
+    input_shape=(32, 32, 3),
+    *,
+    flavour="keras",
+    batchnorm_momentum=0.99,
+    batchnorm_epsilon=1e-3,
+    kernel_initializer=_INITIALIZER,
+):
     """VGG-19 with BatchNorm, as in the HyperSparse reference code.
 
     Sixteen 3x3 convolutions (no bias) + BN + ReLU in the configuration
-    `VGG19_CONFIG`, a 2x2 max-pool at each "M", then a 2x2 average pool, a
-    flatten and a single dense classifier. The model outputs logits.
+    `VGG19_CONFIG`, a 2x2 max-pool at each "M", then an average pool over the
+    whole remaining `(H/16, W/16)` map (2x2 for CIFAR, 4x4 for 64x64
+    TinyImageNet: the reference's `AvgPool2d(2)` / `AvgPool2d(4)`), a
+    flatten and a single `Dense(512 -> classes)`. The model outputs logits.
+    (The reference's convolutions have a bias, which the BatchNorm after
+    each makes redundant; these have none.)
 
-    With the defaults (CIFAR-10) it has 20,024,000 prunable weights. For a
-    larger input the classifier sees the flattened `(H/32, W/32, 512)` map
-    (e.g. 2,048 features for 64x64 images).
+    With the defaults (CIFAR-10) it has 20,024,000 prunable weights.
 
     Args:
         num_classes: Int >= 2. Number of classes. Defaults to `10`.
@@ -243,6 +341,13 @@ def vgg19_bn(num_classes=10, input_shape=(32, 32, 3), *, flavour="keras"):
             height and width >= 32. Defaults to `(32, 32, 3)`.
         flavour: `"keras"` (Keras 3) or `"tf_keras"` (Keras 2, for
             tensorflow-model-optimization). Defaults to `"keras"`.
+        batchnorm_momentum: Float in [0, 1). Defaults to `0.99` (the
+            reference: 0.9, PyTorch's 0.1).
+        batchnorm_epsilon: Float > 0. Defaults to `1e-3` (the reference:
+            `1e-5`).
+        kernel_initializer: A Keras initializer, or `"reference"` (Kaiming
+            normal with fan_in for convolutions, normal std 0.01 for the
+            classifier). Defaults to `"he_normal"`.
 
     Returns:
         A functional `keras.Model` (`tf_keras.Model`) named `"vgg19_bn"`.
@@ -259,6 +364,9 @@ def vgg19_bn(num_classes=10, input_shape=(32, 32, 3), *, flavour="keras"):
         requirement="four 2x2 max-pools and a 2x2 average pool",
     )
     k = _keras_module(flavour)
+    style = _Style(
+        k, batchnorm_momentum, batchnorm_epsilon, kernel_initializer, conv_fan="fan_in"
+    )
     inputs = k.Input(input_shape, name="image")
     x = inputs
     conv_index = 0
@@ -269,10 +377,12 @@ def vgg19_bn(num_classes=10, input_shape=(32, 32, 3), *, flavour="keras"):
             x = k.layers.MaxPooling2D(2, name=f"pool{pool_index}")(x)
         else:
             conv_index += 1
-            x = _conv_bn_relu(k, x, entry, f"block{pool_index + 1}_{conv_index}")
-    x = k.layers.AveragePooling2D(2, name="avg_pool")(x)
+            name = f"block{pool_index + 1}_{conv_index}"
+            x = _conv_bn_relu(k, x, entry, name, style=style)
+    pool = (input_shape[0] // 16, input_shape[1] // 16)
+    x = k.layers.AveragePooling2D(pool, name="avg_pool")(x)
     x = k.layers.Flatten(name="flatten")(x)
-    outputs = _classifier(k, x, num_classes)
+    outputs = style.classifier(x, num_classes)
     return k.Model(inputs, outputs, name="vgg19_bn")
 
 

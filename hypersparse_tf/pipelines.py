@@ -60,7 +60,11 @@ def pipelines(data, batch_size=64, augment_train=None, seed=0, mean=None, std=No
     Returns:
         A dict with `"train"` (shuffled, augmented, repeated forever: pass
         `steps_per_epoch`), `"train_eval"` (the training set in order, no
-        augmentation: ART's `eval_data`), `"test"`, `"steps_per_epoch"`,
+        augmentation), `"train_eval_augmented"` (one pass over the training
+        set shuffled and augmented anew on every pass, as the reference's
+        training loader that ART's pruned copy is scored on; the same as
+        `"train_eval"` without augmentation), `"test"`,
+        `"steps_per_epoch"`, `"augmented"` (whether training is augmented),
         `"mean"` and `"std"`.
     """
     if augment_train is None:
@@ -82,6 +86,18 @@ def pipelines(data, batch_size=64, augment_train=None, seed=0, mean=None, std=No
         lambda x, y: (normalize(x), y), num_parallel_calls=tf.data.AUTOTUNE
     )
 
+    def augmented_passes(seed):
+        passes = images.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        seeds = tf.data.Dataset.random(
+            seed=seed, rerandomize_each_iteration=True
+        ).batch(2)
+        return (
+            tf.data.Dataset.zip((passes, seeds))
+            .map(lambda xy, s: (augment(xy[0], s), xy[1]))
+            .batch(max(batch_size, 256))
+            .map(lambda a, b: (normalize(a), b))
+        )
+
     def plain(x, y):
         return (
             tf.data.Dataset.from_tensor_slices((x, y))
@@ -92,8 +108,14 @@ def pipelines(data, batch_size=64, augment_train=None, seed=0, mean=None, std=No
     return {
         "train": train.prefetch(tf.data.AUTOTUNE),
         "train_eval": plain(data.x_train, data.y_train),
+        "train_eval_augmented": (
+            augmented_passes(seed + 1)
+            if augment_train
+            else plain(data.x_train, data.y_train)
+        ),
         "test": plain(data.x_test, data.y_test),
         "steps_per_epoch": -(-n // batch_size),
+        "augmented": bool(augment_train),
         "mean": mean,
         "std": std,
     }

@@ -137,16 +137,15 @@ def test_art_buffer_and_stopping_rule_on_hand_fed_accuracies():
     model, art = _hand_fed_art(buffer_size=1)
     _feed(model, art, 0.5)  # buffer [0.5] -> mean 0.5, best = epoch 0
     assert art.best_candidate_epoch == 0 and art.best_mean_pruned_accuracy == 0.5
-    _feed(model, art, 0.7)  # [0.5, 0.7] -> 0.6, middle = epoch 1
+    _feed(model, art, 0.7)  # [0.5, 0.7] -> 0.6 > 0.5, middle = epoch 1
     assert art.best_candidate_epoch == 1
     assert art.best_mean_pruned_accuracy == pytest.approx(0.6)
-    _feed(model, art, 0.3)  # [0.5, 0.7, 0.3] -> 0.5: not better
+    _feed(model, art, 0.3)  # [0.5, 0.7, 0.3] -> 0.5 < 0.7 (epoch 1's own)
+    _feed(model, art, 0.95)  # [0.7, 0.3, 0.95] -> 0.65 < 0.7
     assert art.best_candidate_epoch == 1
-    _feed(model, art, 0.95)  # [0.7, 0.3, 0.95] -> 0.65, middle = epoch 2
-    assert art.best_candidate_epoch == 2
     assert art.buffer == [(1, 0.7), (2, 0.3), (3, 0.95)]
     assert art.phase == "art"
-    weights, masks = _feed(model, art, 0.95, dense=0.7)  # mean 0.7333 > 0.7
+    weights, masks = _feed(model, art, 0.95, dense=0.7)  # 0.7333 > 0.7 twice
     assert art.best_candidate_epoch == 3
     assert art.phase == "finetune" and art.termination_epoch == 4
     # Fine-tuning starts from the best candidate (epoch 3: weights all 4.0).

@@ -18,14 +18,16 @@ def _art_epoch(schedule, pruned, dense=1.0):
 
 def test_schedule_phases_coefficients_and_counters():
     schedule = ARTSchedule(2, 1e-4, 1.5, 3, 1)
-    pruned = iter([0.2, 0.4, 0.95, 0.95, 0.95])
+    pruned = iter([0.2, 0.4, 0.95, 0.97, 0.99])
     phases, coefficients, best = [], [], []
     while schedule.phase != "done":
         phase = schedule.phase
         phases.append(phase)
         coefficients.append(schedule.coefficient)
         if phase == "art":
-            # Buffer means 0.2, 0.3, 0.517, 0.767, then 0.95 > 0.9.
+            # Buffer means 0.2, 0.3, 0.517, 0.767, 0.97, each above the best
+            # candidate's own accuracy (-, 0.2, 0.4, 0.4, 0.95): the middle
+            # element becomes the best every time; 0.97 > 0.9 fires.
             schedule.record_art_epoch(next(pruned), 0.9, schedule.epochs_seen)
             best.append(schedule.best.epoch)
         schedule.end_epoch(phase)
@@ -42,20 +44,20 @@ def test_schedule_buffer_best_candidate_and_stopping_rule():
     schedule = ARTSchedule(0, 1e-4, 1.1, 2, 1)
     assert _art_epoch(schedule, 0.5) is None  # [0.5] -> best epoch 0
     assert (schedule.best.epoch, schedule.best_mean_pruned_accuracy) == (0, 0.5)
-    _art_epoch(schedule, 0.7)  # [0.5, 0.7] -> 0.6, middle = epoch 1
-    assert schedule.best.epoch == 1
+    _art_epoch(schedule, 0.7)  # [0.5, 0.7]: 0.6 > 0.5 (epoch 0's own)
+    assert schedule.best.epoch == 1  # middle: min(len - 1, b) = 1
     assert schedule.best_mean_pruned_accuracy == pytest.approx(0.6)
-    _art_epoch(schedule, 0.3)  # [0.5, 0.7, 0.3] -> 0.5: not better
+    _art_epoch(schedule, 0.3)  # [0.5, 0.7, 0.3]: 0.5 < 0.7 (epoch 1's own)
     assert schedule.best.epoch == 1
-    _art_epoch(schedule, 0.95)  # [0.7, 0.3, 0.95] -> 0.65, middle = epoch 2
-    assert schedule.best.epoch == 2 and schedule.best.payload == "weights of epoch 2"
+    _art_epoch(schedule, 0.95)  # [0.7, 0.3, 0.95]: 0.65 < 0.7: still epoch 1
+    assert schedule.best.epoch == 1 and schedule.best.payload == "weights of epoch 1"
     assert [(c.epoch, c.pruned_accuracy) for c in schedule.buffer] == [
         (1, 0.7),
         (2, 0.3),
         (3, 0.95),
     ]
     assert schedule.coefficient == pytest.approx(1e-4 * 1.1**4)
-    # [0.3, 0.95, 0.95] -> 0.7333 > dense 0.7: fine-tuning from epoch 3.
+    # [0.3, 0.95, 0.95]: 0.7333 > 0.7 -> epoch 3, and 0.7333 > dense 0.7.
     assert _art_epoch(schedule, 0.95, dense=0.7) == "rule"
     assert schedule.phase == "finetune" and schedule.termination_epoch == 4
     assert schedule.best.epoch == 3 and schedule.coefficient == 0.0
@@ -63,6 +65,50 @@ def test_schedule_buffer_best_candidate_and_stopping_rule():
     assert schedule.end_epoch("finetune") is None
     assert schedule.end_epoch("finetune") == "finetune"
     assert schedule.phase == "done" and schedule.epochs_seen == 7
+
+
+@pytest.mark.parametrize(
+    "rule, best, means",
+    [
+        # The reference compares with the best's OWN accuracy; the stored mean
+        # goes down at epoch 3 (0.633 -> 0.567).
+        ("reference", [0, 0, 1, 2], [0.6, 0.6, 0.6333, 0.5667]),
+        # The earlier rule compares with the best mean, which only rises.
+        ("best_mean", [0, 0, 1, 1], [0.6, 0.6, 0.6333, 0.6333]),
+    ],
+)
+def test_schedule_candidate_rules_differ_on_hand_fed_accuracies(rule, best, means):
+    schedule = ARTSchedule(0, 1e-4, 1.1, 1, 1, candidate_rule=rule)
+    seen = []
+    for pruned in [0.6, 0.3, 1.0, 0.4]:
+        assert _art_epoch(schedule, pruned, dense=0.9) is None
+        seen.append((schedule.best.epoch, schedule.best_mean_pruned_accuracy))
+    assert [epoch for epoch, _ in seen] == best
+    assert [mean for _, mean in seen] == pytest.approx(means, abs=1e-4)
+
+
+@pytest.mark.parametrize("rule, best", [("reference", 2), ("best_mean", 1)])
+def test_schedule_middle_element_while_a_wide_buffer_fills(rule, best):
+    # b = 2: with 3 of 5 entries the reference's middle is min(3 - 1, 2) = 2
+    # (the newest); `len // 2` is 1.
+    schedule = ARTSchedule(0, 1e-4, 1.1, 1, 2, candidate_rule=rule)
+    for pruned in [0.1, 0.2, 0.9]:
+        _art_epoch(schedule, pruned)
+    assert schedule.best.epoch == best
+    assert schedule.best_mean_pruned_accuracy == pytest.approx(0.4)
+
+
+def test_schedule_stops_on_the_stored_mean_not_the_best_accuracy():
+    # The best candidate's own accuracy (1.0) exceeds the dense 0.6, its
+    # stored mean (0.567) does not: ART goes on.
+    schedule = ARTSchedule(0, 1e-4, 1.1, 1, 1)
+    for pruned in [0.6, 0.3, 1.0]:
+        _art_epoch(schedule, pruned, dense=0.9)
+    assert _art_epoch(schedule, 0.4, dense=0.6) is None
+    assert schedule.best.pruned_accuracy == 1.0
+    # Only a buffer mean above 1.0 would replace it: ART goes on to the budget.
+    assert _art_epoch(schedule, 0.7, dense=0.6) is None
+    assert schedule.best_mean_pruned_accuracy == pytest.approx(0.5667, abs=1e-4)
 
 
 def test_schedule_rule_needs_strictly_more_than_the_dense_accuracy():
@@ -104,7 +150,7 @@ def test_schedule_state_round_trip_keeps_the_decisions():
     copy = ARTSchedule(0, 1e-4, 1.1, 2, 1)
     copy.set_state(schedule.get_state(), schedule.candidates())
     assert copy.get_state() == schedule.get_state()
-    assert copy.best.payload == "weights of epoch 2"
+    assert copy.best.payload == "weights of epoch 1"
     assert _art_epoch(copy, 0.95, dense=0.7) == _art_epoch(schedule, 0.95, dense=0.7)
     assert copy.get_state() == schedule.get_state()
 
@@ -127,6 +173,7 @@ def test_schedule_refuses_art_epochs_outside_art():
         (dict(finetune_epochs=-1), "finetune_epochs"),
         (dict(buffer_size=-1), "buffer_size"),
         (dict(epoch_budget=4), "epoch_budget"),  # 2 + 1 + 2 = 5 at least
+        (dict(candidate_rule="mean"), "candidate_rule"),
     ],
 )
 def test_schedule_bad_arguments(kwargs, argument):

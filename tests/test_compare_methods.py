@@ -119,3 +119,48 @@ def test_bad_flags_are_usage_errors(tmp_path):
     assert "221" in result.stderr
     result = _run(tmp_path, "--sparsities=0.9,1.5")
     assert "--sparsities must lie in (0, 1)" in result.stderr
+
+
+CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.mark.skipif(
+    not CIFAR.exists(), reason=f"CIFAR-10 JPEG archive not found at {CIFAR}"
+)
+def test_reference_switches_reach_the_run_and_the_report(tmp_path):
+    out = tmp_path / "results"
+    args = [
+        "--settings=cifar10_resnet",
+        "--train_size=100",
+        "--test_size=100",
+        "--warmup_epochs=1",
+        "--budget_epochs=4",
+        "--finetune_epochs=2",
+        "--sparsities=0.9",
+        "--seeds=0",
+        "--jobs=1",
+        "--methods=art_hs",
+        "--candidate_rule=best_mean",
+        "--eval_augmented",
+        "--weight_decay_mode=coupled",
+        "--reference_batchnorm",
+        "--reference_architecture",
+        f"--output_dir={out}",
+    ]
+    result = _run(tmp_path, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "compare_methods.json").read_text())
+    setting = report["settings"]["cifar10_resnet"]
+    assert setting["candidate_rule"] == "best_mean"
+    assert setting["eval_augmented"] and setting["reference_batchnorm"]
+    assert setting["weight_decay_mode"] == "coupled"
+    rows = {r["method"]: r for r in report["jobs"][0]["rows"]}
+    art = rows["art_hs"]
+    finetune = art["finetune_test_accuracy_history"]
+    assert len(finetune) == 3 - art["art_epochs"]  # fine-tuning fills the budget
+    assert art["best_finetune_test_accuracy"] == max([*finetune, art["test_accuracy"]])
+    assert finetune[-1] == pytest.approx(art["test_accuracy"], abs=1e-6)
+    assert len(rows["dense"]["finetune_test_accuracy_history"]) == 3
+    markdown = (out / "compare_methods.md").read_text()
+    assert "weight decay 0.0001 (coupled)" in markdown
+    assert "candidate_rule=best_mean, eval_augmented=True" in markdown

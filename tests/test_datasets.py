@@ -192,3 +192,40 @@ def test_pipelines_are_deterministic_and_normalized():
     assert x_all.shape == (1437, 8, 8, 1)
     np.testing.assert_allclose(x_all.mean(), 0.0, atol=1e-5)
     np.testing.assert_allclose(x_all.std(), 1.0, atol=1e-4)
+
+
+def _passes(dataset, count):
+    return [
+        [
+            np.concatenate(arrays)
+            for arrays in zip(*dataset.as_numpy_iterator(), strict=True)
+        ]
+        for _ in range(count)
+    ]
+
+
+def test_augmented_eval_data_is_a_new_shuffled_augmented_pass_each_time():
+    data = datasets.load("digits")
+    pipes = datasets.pipelines(data, batch_size=32, augment_train=True, seed=5)
+    again = datasets.pipelines(data, batch_size=32, augment_train=True, seed=5)
+    (x1, y1), (x2, y2) = _passes(pipes["train_eval_augmented"], 2)
+    plain_x, plain_y = _passes(pipes["train_eval"], 1)[0]
+    for x, y in ((x1, y1), (x2, y2)):  # every sample once, in another order
+        assert x.shape == plain_x.shape
+        np.testing.assert_array_equal(np.sort(y), np.sort(plain_y))
+        assert not np.array_equal(y, plain_y)
+    assert not np.array_equal(y1, y2) and not np.array_equal(x1, x2)
+    # Augmented: a sample's image is not its plain image (crop or flip moved
+    # it) for most samples; the same seed gives the same passes.
+    first_label = y1[0]
+    assert not any(
+        np.array_equal(x1[0], plain_x[i])
+        for i in np.flatnonzero(plain_y == first_label)
+    )
+    (x1_again, y1_again), _ = _passes(again["train_eval_augmented"], 2)
+    np.testing.assert_array_equal(x1_again, x1)
+    np.testing.assert_array_equal(y1_again, y1)
+    no_augment = datasets.pipelines(data, batch_size=32, augment_train=False)
+    assert no_augment["train_eval_augmented"] is not None
+    x_plain, _ = _passes(no_augment["train_eval_augmented"], 1)[0]
+    np.testing.assert_array_equal(x_plain, plain_x)

@@ -109,7 +109,32 @@ def test_presets_carry_the_reference_settings():
             1.05,
         )
         assert preset["finetune_epochs"] == 160 and preset["batch_size"] == 64
+        assert preset["weight_decay_mode"] == "coupled"  # PyTorch's SGD
+        assert (preset["batchnorm_momentum"], preset["batchnorm_epsilon"]) == (
+            0.9,
+            1e-5,
+        )
+        assert preset["kernel_initializer"] == "reference"
+        assert preset["symmetric_padding"] == preset["model"].startswith("resnet")
+        assert preset["augment"] is True  # the pruned copy: augmented data
         experiment.check_config(experiment.Config(**preset))
+
+
+@pytest.mark.parametrize(
+    "changes, argument",
+    [
+        (dict(weight_decay_mode="l2"), "weight_decay_mode"),
+        (dict(batchnorm_momentum=0.9), "batchnorm_momentum"),  # small_cnn
+        (dict(model="vgg19_bn", symmetric_padding=True), "symmetric_padding"),
+        (dict(model="resnet20", batchnorm_epsilon=0.0), "batchnorm_epsilon"),
+        (dict(model="resnet20", symmetric_padding="yes"), "symmetric_padding"),
+    ],
+)
+def test_reference_settings_bad_values_are_refused(changes, argument, tmp_path):
+    config = experiment.Config(**changes)
+    with pytest.raises((ValueError, TypeError), match=f"argument `{argument}`"):
+        experiment.train_and_evaluate(config, str(tmp_path / "run"), verbose=0)
+    assert not (tmp_path / "run").exists()
 
 
 def _config(*argv):
@@ -169,10 +194,28 @@ def test_script_bad_budget_and_recalibration_are_library_errors(
 
 def test_budget_and_recalibration_reach_art(tmp_path):
     config = experiment.Config(
-        **TINY, max_epochs=60, epoch_budget=12, recalibrate_batchnorm=64, export=()
+        **TINY,
+        max_epochs=60,
+        epoch_budget=12,
+        recalibrate_batchnorm=64,
+        augment=True,
+        weight_decay_mode="coupled",
+        export=(),
     )
     summary = experiment.train_and_evaluate(config, str(tmp_path / "run"), verbose=0)
     assert summary["phase"] == "done" and summary["epochs"] == 12
+    assert summary["pruned_accuracy_data"] == "training set, shuffled and augmented"
+    # The last and the best fine-tuning epoch's test accuracy, both reported.
+    history = json.loads((tmp_path / "run" / "art_history.json").read_text())
+    finetune = [h for h in history if h["phase"] == "finetune"]
+    accuracies = summary["finetune_test_accuracies"]
+    assert len(accuracies) == len(finetune) == 12 - 2 - summary["art_epochs"]
+    assert summary["sparse_test_accuracy"] == accuracies[-1]
+    assert summary["best_finetune_test_accuracy"] == max(accuracies)
+    best_epoch = summary["best_finetune_epoch"]
+    assert accuracies[[h["epoch"] for h in finetune].index(best_epoch)] == max(
+        accuracies
+    )
     config = _config("--epoch_budget=40", "--recalibrate_batchnorm=256")
     assert config.epoch_budget == 40 and config.recalibrate_batchnorm == 256
 

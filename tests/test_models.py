@@ -90,9 +90,110 @@ def test_vgg19_bn_output_shape_is_batch_by_classes():
     assert tuple(outputs.shape) == (1, 100)
 
 
-def test_vgg19_bn_larger_input_flattens_feature_map():
+def test_vgg19_bn_pools_the_whole_map_into_512_features():
+    # The reference: AvgPool2d(2) on CIFAR's 2x2 map, AvgPool2d(4) on
+    # TinyImageNet's 4x4, then Linear(512, classes).
     model = models.vgg19_bn(num_classes=200, input_shape=(64, 64, 3))
-    assert model.get_layer("predictions").kernel.shape == (2048, 200)
+    assert model.get_layer("predictions").kernel.shape == (512, 200)
+    assert model.get_layer("avg_pool").pool_size == (4, 4)
+    x = np.random.default_rng(0).random((2, 64, 64, 3), np.float32)
+    features = keras.Model(model.input, model.get_layer("pool4").output)
+    pooled = keras.Model(model.input, model.get_layer("flatten").output)
+    maps = np.asarray(features(x, training=False))
+    # After pool4 the last four convolutions keep the 4x4 map.
+    last = keras.Model(model.input, model.get_layer("block5_16_relu").output)
+    np.testing.assert_allclose(
+        np.asarray(pooled(x, training=False)),
+        np.asarray(last(x, training=False)).mean(axis=(1, 2)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert maps.shape[1:3] == (4, 4)
+
+
+REFERENCE_STYLE = dict(
+    batchnorm_momentum=0.9, batchnorm_epsilon=1e-5, kernel_initializer="reference"
+)
+
+
+@pytest.mark.parametrize(
+    "build, fan, expected",
+    [
+        (
+            lambda: models.resnet(32, symmetric_padding=True, **REFERENCE_STYLE),
+            "out",
+            1855584,
+        ),
+        (lambda: models.vgg19_bn(**REFERENCE_STYLE), "in", 20024000),
+    ],
+    ids=["resnet32", "vgg19_bn"],
+)
+def test_reference_style_keeps_the_network_and_sets_init_and_batchnorm(
+    build, fan, expected
+):
+    keras.utils.set_random_seed(0)
+    model = build()
+    weights = hypersparse_tf.prunable_weights(model)
+    assert sum(int(np.prod(w.shape)) for w in weights.values()) == expected
+    assert model.output_shape == (None, 10)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            assert (layer.momentum, layer.epsilon) == (0.9, 1e-5)
+    kernels = [w.numpy() for k, w in weights.items() if k != "predictions/kernel"]
+    # Kaiming normal, untruncated: std sqrt(2 / fan), tails beyond 2 std.
+    for kernel in kernels[:6]:
+        h, w, fan_in, fan_out = kernel.shape
+        std = np.sqrt(2 / (h * w * (fan_out if fan == "out" else fan_in)))
+        assert kernel.std() == pytest.approx(std, rel=0.1)
+        assert np.abs(kernel).max() > 2.5 * std  # a truncated normal stops at 2
+    assert len({k.tobytes() for k in kernels}) == len(kernels)  # all different
+    assert weights["predictions/kernel"].numpy().std() == pytest.approx(0.01, rel=0.1)
+
+
+def test_resnet_symmetric_padding_centres_the_stride_2_convolution():
+    model = models.resnet(8, width=2, symmetric_padding=True)
+    pad = model.get_layer("stage2_block1_conv1_pad")
+    conv = model.get_layer("stage2_block1_conv1")
+    shortcut = model.get_layer("stage2_block1_shortcut_conv")
+    assert pad.padding == ((1, 1), (1, 1)) and conv.padding == "valid"
+    # A kernel that passes the centre pixel through: output (i, j) must be
+    # input (2i, 2j), the pixel the 1x1 stride-2 shortcut reads too.
+    kernel = np.zeros(conv.kernel.shape, np.float32)
+    for c in range(kernel.shape[2]):  # 2 input channels, 4 output channels
+        kernel[1, 1, c, c] = 1.0
+    conv.kernel.assign(kernel)
+    x = np.random.default_rng(0).random((1, 32, 32, 2), np.float32)
+    main = keras.Sequential([pad, conv])
+    np.testing.assert_array_equal(np.asarray(main(x))[..., :2], x[:, ::2, ::2])
+    identity = np.eye(2, dtype=np.float32)[None, None]
+    shortcut.kernel.assign(np.pad(identity, ((0, 0), (0, 0), (0, 0), (0, 2))))
+    np.testing.assert_array_equal(np.asarray(shortcut(x))[..., :2], x[:, ::2, ::2])
+    same = models.resnet(8, width=2)
+    assert same.get_layer("stage2_block1_conv1").padding == "same"
+    assert "stage2_block1_conv1_pad" not in [layer.name for layer in same.layers]
+
+
+def test_default_models_build_as_before_from_the_same_seed():
+    keras.utils.set_random_seed(0)
+    first = models.resnet(8, width=4)
+    keras.utils.set_random_seed(0)
+    second = models.resnet(8, width=4, kernel_initializer="he_normal")
+    for a, b in zip(first.get_weights(), second.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(batchnorm_momentum=1.0), "batchnorm_momentum"),
+        (dict(batchnorm_epsilon=0.0), "batchnorm_epsilon"),
+        (dict(kernel_initializer="kaiming_fan_out"), "kernel_initializer"),
+        (dict(symmetric_padding=1), "symmetric_padding"),
+    ],
+)
+def test_reference_style_bad_arguments(kwargs, argument):
+    with pytest.raises((ValueError, TypeError), match=f"argument `{argument}`"):
+        models.resnet(8, **kwargs)
 
 
 @pytest.mark.parametrize("input_shape", [(31, 32, 3), (32, 16, 3)])
