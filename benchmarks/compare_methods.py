@@ -177,25 +177,32 @@ SETTINGS = {
     ),
 }
 
-PAPER_SETTING = Setting(
-    title="CIFAR-10, ResNet-32 (paper protocol)",
-    dataset="cifar10",
-    model="resnet",
-    model_kwargs={"depth": 32, "width": 32},
-    train_size=None,
-    test_size=None,
-    batch_size=64,
-    augment=True,
-    warmup_epochs=60,
-    budget_epochs=400,
-    finetune_epochs=160,
-    lambda_init=5e-6,
-    eta=1.05,
-    eval_augmented=True,
-    weight_decay_mode="coupled",
-    reference_batchnorm=True,
-    reference_architecture=True,
-)
+
+def _paper_setting():
+    from hypersparse_tf import reference
+
+    art = reference.art_settings()
+    training = reference.training_settings()
+    return Setting(
+        title="CIFAR-10, ResNet-32 (paper protocol)",
+        dataset="cifar10",
+        model="resnet",
+        model_kwargs={"depth": 32, "width": 32},
+        train_size=None,
+        test_size=None,
+        augment=True,
+        budget_epochs=400,
+        eval_augmented=True,
+        reference_batchnorm=True,
+        reference_architecture=True,
+        **{k: art[k] for k in ("warmup_epochs", "finetune_epochs", "buffer_size")},
+        lambda_init=art["lambda_init"],
+        eta=art["eta"],
+        **training,
+    )
+
+
+PAPER_SETTING = _paper_setting()
 
 # The reference's network details, per switch.
 _REFERENCE_BATCHNORM = {"batchnorm_momentum": 0.9, "batchnorm_epsilon": 1e-5}
