@@ -22,6 +22,7 @@ import numpy as np
 from hypersparse_tf import _keras_compat
 from hypersparse_tf import art_schedule
 from hypersparse_tf import backup as backup_lib
+from hypersparse_tf import eval_data as eval_data_lib
 from hypersparse_tf import evaluation
 from hypersparse_tf import io_utils
 from hypersparse_tf import masks as masks_lib
@@ -32,7 +33,7 @@ from hypersparse_tf import tf_keras_callback
 from hypersparse_tf import validation
 
 
-def _check_model(model, regularizer, accuracy_metric):
+def _check_model(model, regularizer, accuracy_metric, eval_output, eval_metric):
     """Checks what ART needs of the model `fit` trains; returns its kernels
     `{key: variable}` and its `TrainingAccuracy`."""
     kernels = regularizers.attached_weights(model, regularizer)
@@ -44,14 +45,16 @@ def _check_model(model, regularizer, accuracy_metric):
         )
     if getattr(model, "optimizer", None) is None:
         raise ValueError(f"Model {model.name!r} is not compiled.")
-    accuracy = evaluation.TrainingAccuracy(model, accuracy_metric)
-    outputs = model.outputs if getattr(model, "outputs", None) else None
-    if outputs is not None and (len(outputs) != 1 or outputs[0].shape[-1] < 2):
+    evaluation.check_output(model, eval_output, eval_metric)
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) > 1 and accuracy_metric is None:
         raise ValueError(
-            "ART measures the pruned accuracy as the argmax over the classes of "
-            f"a single output; model {model.name!r} has outputs "
-            f"{[o.shape for o in outputs]}."
+            f"Model {model.name!r} has {len(outputs)} outputs: pass "
+            "`accuracy_metric=` with the key of the scored output's training "
+            f"accuracy in the epoch logs (e.g. '{eval_output}_accuracy'), the "
+            "number ART's rule compares the pruned accuracy with."
         )
+    accuracy = evaluation.TrainingAccuracy(model, accuracy_metric)
     return kernels, accuracy
 
 
@@ -92,9 +95,12 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
     Args:
         regularizer: `HyperSparse`, `AdaptiveL1` or `AdaptiveL2`. The
             regularizer attached to the model's kernels.
-        eval_data: `tf.data.Dataset` of `(x, y)` batches, or a tuple `(x, y)`.
-            The data the pruned accuracy is measured on, in inference mode; the
-            reference uses the training set.
+        eval_data: What `fit` takes: `(x, y)` or `(x, y, sample_weight)` of
+            arrays (`x` a list, tuple or dict of arrays for several inputs, `y`
+            sparse or one-hot), a `tf.data.Dataset` of such batches, or a
+            `keras.utils.PyDataset`. The data the pruned accuracy is measured
+            on, in inference mode (weighted by the sample weights); the
+            reference uses its augmented training data.
         warmup_epochs: Int >= 0. Epochs of dense training before ART. Defaults
             to `60`.
         lambda_init: Float > 0. Coefficient in the first ART epoch. Defaults
@@ -131,6 +137,13 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
             alongside `keras.callbacks.BackupAndRestore` or tf_keras's).
             Deleted when `fit` ends normally. Defaults to `None`.
         verbose: Int. 0: silent; 1: announce phase changes. Defaults to `1`.
+        eval_output: None, or the name (or index) of the output the pruned
+            accuracy is read from, for a model with several outputs (then
+            also pass `accuracy_metric=` with that output's training
+            accuracy). Defaults to `None`.
+        eval_metric: None or a `keras.metrics.Metric` computed on the pruned
+            copy instead of the top-1 accuracy (e.g. `BinaryAccuracy()` for a
+            one-unit output). Defaults to `None`.
         candidate_rule: `"reference"` or `"best_mean"`. When the buffer's
             middle element becomes the best candidate: the reference code's
             rule, or this library's earlier one (see `art_schedule`).
@@ -166,16 +179,17 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         backup_dir=None,
         verbose=1,
         candidate_rule="reference",
+        eval_output=None,
+        eval_metric=None,
     ):
         super().__init__()
         self.prune_rate = regularizers.art_prune_rate(regularizer, prune_rate)
-        if eval_data is None:
-            raise ValueError(
+        if eval_metric is not None and not isinstance(
+            eval_metric, keras.metrics.Metric
+        ):
+            raise TypeError(
                 validation.invalid(
-                    "eval_data",
-                    "the data the pruned accuracy is measured on, (x, y) or a "
-                    "tf.data.Dataset",
-                    None,
+                    "eval_metric", "None or a keras.metrics.Metric", eval_metric
                 )
             )
         self.finetune_schedule = validation.check_callable(
@@ -189,7 +203,9 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         self.recalibrate_batchnorm = validation.check_int(
             recalibrate_batchnorm, "recalibrate_batchnorm", 0
         )
-        self._eval_batches = evaluation.as_batches(eval_data)
+        self._eval_data = eval_data_lib.EvalData(eval_data)
+        self.eval_output = eval_output
+        self.eval_metric = eval_metric
         self.schedule = art_schedule.ARTSchedule(
             warmup_epochs,
             lambda_init,
@@ -258,12 +274,22 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         model = self.model
-        kernels, accuracy = _check_model(model, self.regularizer, self.accuracy_metric)
+        kernels, accuracy = _check_model(
+            model,
+            self.regularizer,
+            self.accuracy_metric,
+            self.eval_output,
+            self.eval_metric,
+        )
         # Every check passed: from here on, the model may change.
         self._kernels, self._accuracy = kernels, accuracy
         if self._evaluator is None or self._evaluator.model is not model:
             self._evaluator = evaluation.PrunedEvaluator(
-                model, self._eval_batches, self.recalibrate_batchnorm
+                model,
+                self._eval_data,
+                self.recalibrate_batchnorm,
+                self.eval_output,
+                self.eval_metric,
             )
         self.regularizer.bind_kernels(list(kernels.values()))
         if self._mask_variables is None or not masks_lib.has_mask_constraints(

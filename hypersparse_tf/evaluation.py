@@ -19,8 +19,8 @@ from hypersparse_tf import _keras_compat
 from hypersparse_tf import masks as masks_lib
 from hypersparse_tf import prunable
 from hypersparse_tf import validation
+from hypersparse_tf.eval_data import EvalData
 
-EVAL_BATCH_SIZE = 256
 ACCURACY_NAMES = (
     "accuracy",
     "acc",
@@ -28,31 +28,6 @@ ACCURACY_NAMES = (
     "categorical_accuracy",
     "binary_accuracy",
 )
-
-
-def as_batches(data, argument="eval_data"):
-    """Checks `data` and returns it as a batched `tf.data.Dataset` of (x, y)."""
-    if isinstance(data, tf.data.Dataset):
-        if int(data.cardinality()) == 0:
-            raise ValueError(
-                f"Invalid value for argument `{argument}`. Expected a non-empty "
-                "dataset of (x, y) batches. Received an empty dataset."
-            )
-        return data
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise ValueError(
-            f"Invalid value for argument `{argument}`. Expected a tf.data.Dataset "
-            "of (x, y) batches or a tuple (x, y) of arrays, the data the pruned "
-            f"accuracy is measured on. Received: {argument}={data!r:.80}"
-        )
-    x, y = data
-    if len(x) == 0 or len(x) != len(y):
-        raise ValueError(
-            f"Invalid value for argument `{argument}`. Expected (x, y) with the "
-            f"same number > 0 of samples. Received {len(x)} inputs and {len(y)} "
-            "labels."
-        )
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(EVAL_BATCH_SIZE)
 
 
 def batchnorm_layers(model):
@@ -107,38 +82,108 @@ def recalibrate_batchnorm(model, x):
     return saved
 
 
+def output_names(model):
+    """The names of a model's outputs (Keras 3 or tf_keras), or None."""
+    names = getattr(model, "output_names", None)
+    return list(names) if names else None
+
+
+def check_output(model, output, metric=None):
+    """Checks which output of `model` is scored; returns it (None = the only).
+
+    Args:
+        model: A built model.
+        output: None, an int index or a name among `model.output_names`.
+        metric: None or a `keras.metrics.Metric` (then the output may have a
+            single unit, e.g. binary).
+    """
+    if metric is not None and not isinstance(metric, keras.metrics.Metric):
+        raise TypeError(
+            validation.invalid("eval_metric", "None or a keras.metrics.Metric", metric)
+        )
+    outputs = getattr(model, "outputs", None) or None
+    names = output_names(model) or []
+    if outputs is None:  # a subclassed model: checked when it runs
+        return output
+    if output is None:
+        if len(outputs) != 1:
+            raise ValueError(
+                f"Model {model.name!r} has {len(outputs)} outputs {names}: ART "
+                "reads the pruned accuracy from one. Pass "
+                "`eval_output=<name or index>` (and `accuracy_metric=` with that "
+                "output's accuracy in the logs)."
+            )
+        index = 0
+    elif validation.is_int(output) and 0 <= output < len(outputs):
+        index = int(output)
+    elif isinstance(output, str) and output in names:
+        index = names.index(output)
+    else:
+        raise ValueError(
+            validation.invalid(
+                "eval_output",
+                f"None, an index < {len(outputs)} or one of {names}",
+                output,
+            )
+        )
+    if metric is None and (outputs[index].shape[-1] or 0) < 2:
+        raise ValueError(
+            "ART measures the pruned accuracy as the argmax over the classes of "
+            f"an output; output {index} of model {model.name!r} has shape "
+            f"{outputs[index].shape}. Pass `eval_metric=` (e.g. "
+            "keras.metrics.BinaryAccuracy()) for it."
+        )
+    return output
+
+
+def _pick(value, output, names):
+    """The part of a list/tuple/dict `value` that belongs to `output`."""
+    if isinstance(value, dict):
+        key = names[output] if validation.is_int(output) else output
+        if key is None and len(value) == 1:
+            return next(iter(value.values()))
+        return value[key]
+    if isinstance(value, (list, tuple)):
+        index = names.index(output) if isinstance(output, str) else output
+        return value[index or 0]
+    return value
+
+
 class PrunedEvaluator:
     """Scores pruned copies of one model on one data set.
 
     Args:
-        model: A built Keras 3 or tf_keras classifier with one output of
-            class scores.
-        data: `tf.data.Dataset` of `(x, y)` batches or a tuple `(x, y)`.
+        model: A built Keras 3 or tf_keras classifier.
+        data: What `fit` takes, see `hypersparse_tf.eval_data` (or an
+            `EvalData`).
         recalibrate_batchnorm: Int >= 0. Samples of `data` (the first ones)
             that the BatchNorm statistics are re-estimated on before each
             score; 0 keeps the model's. Defaults to `0`.
+        output: None, or the name or index of the output that is scored (for
+            a model with several). Defaults to `None`.
+        metric: None or a `keras.metrics.Metric` computed instead of the top-1
+            accuracy (e.g. `BinaryAccuracy` for a one-unit output). Defaults
+            to `None`.
     """
 
-    def __init__(self, model, data, recalibrate_batchnorm=0):
+    def __init__(self, model, data, recalibrate_batchnorm=0, output=None, metric=None):
         self.model = model
-        self.batches = as_batches(data)
+        self.data = data if isinstance(data, EvalData) else EvalData(data)
         self.recalibrate_batchnorm = validation.check_int(
             recalibrate_batchnorm, "recalibrate_batchnorm", 0
         )
+        self.output = check_output(model, output, metric)
+        self.metric = metric
+        self._names = output_names(model) or [None]
         self._predict = None
         self._recalibration_inputs = None
 
     def recalibration_inputs(self):
         """The first `recalibrate_batchnorm` inputs of the data, one batch."""
         if self._recalibration_inputs is None:
-            inputs, count = [], 0
-            for batch in self.batches:
-                inputs.append(batch[0])
-                count += int(batch[0].shape[0])
-                if count >= self.recalibrate_batchnorm:
-                    break
-            inputs = tf.concat(inputs, axis=0)[: self.recalibrate_batchnorm]
-            self._recalibration_inputs = inputs
+            self._recalibration_inputs = self.data.first_inputs(
+                self.recalibrate_batchnorm
+            )
         return self._recalibration_inputs
 
     def recalibrate(self):
@@ -149,22 +194,34 @@ class PrunedEvaluator:
         return recalibrate_batchnorm(self.model, self.recalibration_inputs())
 
     def accuracy(self):
-        """Top-1 accuracy of the model as it is, in inference mode."""
+        """The model's accuracy as it is, in inference mode: top-1 (weighted
+        by the sample weights where the data has them), or `metric`."""
         if self._predict is None:
             model = self.model
             self._predict = tf.function(
                 lambda x: model(x, training=False), reduce_retracing=True
             )
-        correct = total = 0
-        for batch in self.batches:
-            x, y = batch[0], batch[1]
-            predicted = np.argmax(np.asarray(self._predict(x)), axis=-1)
-            labels = np.asarray(y)
+        if self.metric is not None:
+            self.metric.reset_state()
+        correct = total = 0.0
+        for x, y, weight in self.data:
+            scores = _pick(self._predict(x), self.output, self._names)
+            labels = _pick(y, self.output, self._names)
+            if self.metric is not None:
+                self.metric.update_state(labels, scores, sample_weight=weight)
+                continue
+            predicted = np.argmax(np.asarray(scores), axis=-1)
+            labels = np.asarray(labels)
             if labels.ndim == predicted.ndim + 1 and labels.shape[-1] > 1:
                 labels = np.argmax(labels, axis=-1)
-            labels = labels.reshape(predicted.shape)
-            correct += int(np.sum(predicted == labels))
-            total += int(predicted.size)
+            hits = (labels.reshape(predicted.shape) == predicted).astype(np.float64)
+            if weight is None:
+                weight = np.ones_like(hits)
+            weight = np.asarray(weight, np.float64).reshape(hits.shape)
+            correct += float(np.sum(hits * weight))
+            total += float(np.sum(weight))
+        if self.metric is not None:
+            return float(np.asarray(self.metric.result()))
         return correct / total
 
     def pruned_accuracy(self, weights, masks):
@@ -187,7 +244,15 @@ class PrunedEvaluator:
                 variable.assign(value)
 
 
-def pruned_accuracy(model, masks, data, recalibrate_batchnorm=0, predicate=None):
+def pruned_accuracy(
+    model,
+    masks,
+    data,
+    recalibrate_batchnorm=0,
+    predicate=None,
+    output=None,
+    metric=None,
+):
     """The accuracy `model` would have if pruned with `masks`.
 
     The masked weights are set to zero, `data` is run in inference mode
@@ -199,7 +264,9 @@ def pruned_accuracy(model, masks, data, recalibrate_batchnorm=0, predicate=None)
         model: A built Keras 3 or tf_keras classifier with one output.
         masks: Dict `{"<layer name>/<weight name>": bool array}`, one mask per
             prunable weight, True = kept (e.g. `global_magnitude_masks`).
-        data: `tf.data.Dataset` of `(x, y)` batches or a tuple `(x, y)`.
+        data: What `fit` takes: `(x, y)` or `(x, y, sample_weight)` of arrays
+            (`x` a list or dict for several inputs), a `tf.data.Dataset` of
+            such batches, or a `keras.utils.PyDataset`.
         recalibrate_batchnorm: Int >= 0. If > 0, the BatchNorm statistics of
             the pruned copy are re-estimated on the first this many samples of
             `data` before it is scored (see `recalibrate_batchnorm`). Defaults
@@ -207,6 +274,10 @@ def pruned_accuracy(model, masks, data, recalibrate_batchnorm=0, predicate=None)
         predicate: Optional callable `(layer, weight) -> bool` choosing the
             prunable weights; the one the masks were made with. Defaults to
             `None`.
+        output: None, or the name or index of the output to score, for a
+            model with several. Defaults to `None`.
+        metric: None or a `keras.metrics.Metric` to compute instead of the
+            top-1 accuracy. Defaults to `None`.
 
     Returns:
         Float in [0, 1].
@@ -218,7 +289,7 @@ def pruned_accuracy(model, masks, data, recalibrate_batchnorm=0, predicate=None)
     0.93
     """
     weights = prunable.prunable_weights(model, predicate)
-    evaluator = PrunedEvaluator(model, data, recalibrate_batchnorm)
+    evaluator = PrunedEvaluator(model, data, recalibrate_batchnorm, output, metric)
     return evaluator.pruned_accuracy(weights, masks)
 
 
