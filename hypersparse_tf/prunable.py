@@ -122,6 +122,26 @@ def _own_weights(layer):
     return [w for w in layer.weights if id(w) not in child_ids]
 
 
+def layer_attribute(layer, weight, kind):
+    """The layer attribute that serializes the `kind` of `weight`.
+
+    Args:
+        layer: The layer that owns `weight`.
+        weight: A kernel of `layer`.
+        kind: `"regularizer"` or `"constraint"`.
+
+    Returns:
+        `"kernel_<kind>"`, `"depthwise_<kind>"` (the kernel of a DepthwiseConv,
+        the depthwise kernel of a SeparableConv) or `"pointwise_<kind>"`.
+    """
+    name = weight_name(weight)
+    if name == "pointwise_kernel":
+        return f"pointwise_{kind}"
+    if name == "depthwise_kernel" or hasattr(layer, f"depthwise_{kind}"):
+        return f"depthwise_{kind}"
+    return f"kernel_{kind}"
+
+
 def check_model(model, argument="model"):
     """Raises unless `model` is a built Keras layer or model."""
     if not _is_layer(model):

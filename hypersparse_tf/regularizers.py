@@ -253,9 +253,10 @@ class AdaptiveL2(AdaptiveRegularizer):
 
 
 def register_with_tf_keras():
-    """Registers the regularizers with tf_keras's serialization.
+    """Registers the regularizers and mask constraints with tf_keras.
 
-    Keras 3 knows `HyperSparse`, `AdaptiveL1` and `AdaptiveL2` as soon as
+    Keras 3 knows `HyperSparse`, `AdaptiveL1`, `AdaptiveL2` and the mask
+    constraints of `fix_masks` and `ART` as soon as
     `hypersparse_tf` is imported. tf_keras has its own registry, and this
     package never imports tf_keras by itself: `attach` on a tf_keras model,
     `ART.for_tf_keras` and `to_tfmot` call this function. Call it yourself
@@ -272,23 +273,15 @@ def register_with_tf_keras():
     """
     import tf_keras
 
+    from hypersparse_tf import masks
+
     registered = {}
-    for cls in (HyperSparse, AdaptiveL1, AdaptiveL2):
+    for cls in (HyperSparse, AdaptiveL1, AdaptiveL2, *masks.CONSTRAINTS):
         name = f"hypersparse_tf>{cls.__name__}"
         if tf_keras.saving.get_registered_object(name) is None:
             tf_keras.saving.register_keras_serializable(package="hypersparse_tf")(cls)
         registered[name] = cls
     return registered
-
-
-def _regularizer_attribute(layer, weight):
-    """The layer attribute that serializes the regularizer of `weight`."""
-    name = prunable.weight_name(weight)
-    if name == "pointwise_kernel":
-        return "pointwise_regularizer"
-    if name == "depthwise_kernel" or hasattr(layer, "depthwise_regularizer"):
-        return "depthwise_regularizer"
-    return "kernel_regularizer"
 
 
 def _current_regularizer(layer, weight):
@@ -298,12 +291,14 @@ def _current_regularizer(layer, weight):
         marked = _keras_compat.tf_keras_weight_regularizer(weight)
         if marked is not None or not prunable.is_kernel_name(weight):
             return marked
-        return getattr(layer, _regularizer_attribute(layer, weight), None)
+        return getattr(
+            layer, prunable.layer_attribute(layer, weight, "regularizer"), None
+        )
     return weight.regularizer
 
 
 def _set_regularizer(layer, weight, regularizer):
-    attribute = _regularizer_attribute(layer, weight)
+    attribute = prunable.layer_attribute(layer, weight, "regularizer")
     if prunable.is_tf_keras(layer):
         _keras_compat.add_tf_keras_weight_regularizer(
             layer, prunable.weight_name(weight), weight, regularizer

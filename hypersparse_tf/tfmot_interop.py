@@ -36,6 +36,11 @@ _REGULARIZER_ATTRIBUTES = (
     "depthwise_regularizer",
     "pointwise_regularizer",
 )
+_CONSTRAINT_ATTRIBUTES = (
+    "kernel_constraint",
+    "depthwise_constraint",
+    "pointwise_constraint",
+)
 _KERNEL_ATTRIBUTES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
 
@@ -172,8 +177,9 @@ def to_tfmot(model, masks, predicate=None):
     after `fixed_mask_class()` or `to_tfmot` ran in the process).
 
     The copy is new (the input model is not changed) and not compiled.
-    `HyperSparse`, `AdaptiveL1` and `AdaptiveL2` regularizers are left out of
-    it: with the mask fixed they have no work left (ART sets them to 0 for
+    `HyperSparse`, `AdaptiveL1` and `AdaptiveL2` regularizers and the mask
+    constraints of `fix_masks` / `ART` are left out of it: with the mask in
+    tfmot's wrappers they have no work left (ART sets the coefficient to 0 for
     fine-tuning). Other regularizers and constraints are kept.
 
     Args:
@@ -230,6 +236,16 @@ def to_tfmot(model, masks, predicate=None):
             current = getattr(layer, attribute, None)
             if isinstance(current, regularizers.AdaptiveRegularizer):
                 config[attribute] = None
+        for attribute in _CONSTRAINT_ATTRIBUTES:
+            # tfmot's wrapper holds the mask now; the weight's own stays.
+            current = getattr(layer, attribute, None)
+            if isinstance(current, masks_lib.MaskConstraint):
+                previous = current.previous
+                config[attribute] = (
+                    None
+                    if previous is None
+                    else tf_keras.constraints.serialize(previous)
+                )
         new = layer.__class__.from_config(config)
         copies.append((layer, new))
         if id(layer) not in masked:

@@ -518,3 +518,25 @@ def test_art_under_mirrored_strategy_matches_one_device():
     assert float(lines["effect"]) > 10 * float(lines["weights"])
     assert lines["masks"] == "0"
     assert lines["done"] == "done True"
+
+
+class _SaveInFinetuning(keras.callbacks.Callback):
+    def __init__(self, art, path):
+        super().__init__()
+        self.art, self.path = art, path
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.art.phase == "finetune" and not os.path.exists(self.path):
+            self.model.save(self.path)
+
+
+def test_art_model_saved_during_finetuning_keeps_its_mask_after_loading(tmp_path):
+    from tests.test_masks import _train_loaded
+
+    model, _, art = art_setup(0.9)
+    path = str(tmp_path / "finetuning.keras")
+    _fit(model, art, callbacks=[_SaveInFinetuning(art, path)])
+    assert art.phase == "done" and os.path.exists(path)
+    zeros, same_zeros, trained = _train_loaded(path, "keras")
+    assert zeros == math.floor(0.9 * num_kernel_weights(model))
+    assert same_zeros and trained

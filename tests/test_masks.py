@@ -397,3 +397,93 @@ def test_fix_masks_tf_keras_keeps_the_weight_own_constraint():
     assert np.count_nonzero(d1.numpy()) > 0.2 * d1.numpy().size
     hypersparse_tf.release_masks(model)
     assert d1.constraint is own
+
+
+TRAIN_LOADED = r"""
+import sys
+import numpy as np
+import keras
+import hypersparse_tf
+sys.path.insert(0, sys.argv[2])
+from tests.art_helpers import digits
+x, _, y, _ = digits()
+if sys.argv[3] == "tf_keras":
+    import tf_keras as module
+    hypersparse_tf.register_with_tf_keras()
+else:
+    module = keras
+model = module.models.load_model(sys.argv[1])
+weights = hypersparse_tf.prunable_weights(model)
+before = {k: w.numpy().copy() for k, w in weights.items()}
+model.compile(optimizer=module.optimizers.SGD(0.1, momentum=0.9),
+              loss="sparse_categorical_crossentropy")
+model.fit(x, y, epochs=2, batch_size=64, verbose=0)
+after = hypersparse_tf.prunable_weights(model)
+zero_before = sum(int((v == 0).sum()) for v in before.values())
+same_zeros = all(np.array_equal(before[k] == 0, after[k].numpy() == 0) for k in before)
+trained = all(not np.array_equal(before[k], after[k].numpy()) for k in before)
+print(zero_before, same_zeros, trained)
+"""
+
+
+def _train_loaded(path, flavour):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", TRAIN_LOADED, str(path), root, flavour],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=root),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    zeros, same, trained = result.stdout.split()[-3:]
+    return int(zeros), same == "True", trained == "True"
+
+
+@pytest.mark.parametrize("flavour", ["keras", "tf_keras"])
+def test_fix_masks_saved_mid_run_keeps_the_zeros_after_loading(flavour, tmp_path):
+    if flavour == "tf_keras":
+        module = pytest.importorskip("tf_keras", reason=TF_KERAS_MISSING)
+        model = mlp(module=module)
+    else:
+        module, model = keras, mlp()
+    x, _, y, _ = digits()
+    masks = hypersparse_tf.global_magnitude_masks(model, 0.8)
+    hypersparse_tf.fix_masks(model, masks)
+    _compile(model, "sparse_categorical_crossentropy", 0.1, module=module)
+    _fit(model, x, y, epochs=1)
+    path = tmp_path / "midrun.keras"
+    model.save(path)
+    zeros, same_zeros, trained = _train_loaded(path, flavour)
+    assert zeros == math.floor(0.8 * _size(model))  # and still zero after 2 epochs
+    assert same_zeros and trained
+
+
+def test_mask_constraint_config_round_trip_packs_the_mask():
+    rng = np.random.default_rng(0)
+    kept = rng.random((3, 5, 7)) < 0.3  # 105 entries: not a multiple of 8
+    constraint = MaskConstraint(kept, previous=keras.constraints.NonNeg())
+    config = constraint.get_config()
+    assert len(config["packed"]) == 20  # ceil(105 / 8) = 14 bytes, base64
+    assert all(isinstance(v, (str, list, dict, type(None))) for v in config.values())
+    copy = MaskConstraint.from_config(config)
+    np.testing.assert_array_equal(copy.mask.numpy() != 0, kept)
+    assert isinstance(copy.previous, keras.constraints.NonNeg)
+    w = rng.normal(size=kept.shape).astype("float32")
+    np.testing.assert_array_equal(
+        np.asarray(copy(w)), np.where(kept, np.maximum(w, 0), 0)
+    )
+
+
+def test_mask_constraint_config_keeps_a_tf_keras_own_constraint():
+    tf_keras = pytest.importorskip("tf_keras", reason=TF_KERAS_MISSING)
+    hypersparse_tf.register_with_tf_keras()
+    constraint = MaskConstraint(np.ones((2, 2), bool), tf_keras.constraints.NonNeg())
+    config = tf_keras.constraints.serialize(constraint)
+    copy = tf_keras.constraints.deserialize(config)
+    assert isinstance(copy, MaskConstraint)
+    assert isinstance(copy.previous, tf_keras.constraints.NonNeg)

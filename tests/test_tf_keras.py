@@ -424,3 +424,21 @@ def test_pruned_accuracy_tf_keras_recalibrates_batchnorm_as_keras_3():
         accuracies["keras3_stale"], abs=tolerance
     )
     assert abs(accuracies["keras3"] - accuracies["keras3_stale"]) > tolerance
+
+
+def test_art_tf_keras_model_saved_during_finetuning_keeps_its_mask(tmp_path):
+    from tests.test_masks import _train_loaded
+
+    model, _, art = tf_keras_art_setup(0.9)
+    path = str(tmp_path / "finetuning.keras")
+
+    class Save(tf_keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if art.phase == "finetune" and not os.path.exists(path):
+                self.model.save(path)
+
+    tf_keras_fit(model, art, callbacks=[Save()])
+    assert art.phase == "done" and os.path.exists(path)
+    zeros, same_zeros, trained = _train_loaded(path, "tf_keras")
+    assert zeros == math.floor(0.9 * num_kernel_weights(model))
+    assert same_zeros and trained
