@@ -27,7 +27,7 @@ EXTRAS = {
 # where one is missing) and the test tools themselves.
 EXTRAS["test"] = sorted(
     {req for reqs in EXTRAS.values() for req in reqs}
-    | {"pytest>=7", "ruff>=0.5", "scikit-learn>=1.0"}
+    | {"pytest>=7", "ruff>=0.5", "scikit-learn>=1.0", "hypothesis>=6"}
 )
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

@@ -85,6 +85,11 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
     tensorflow-model-optimization, pass `art.for_tf_keras()` to `fit` in place
     of `art`; everything else is the same.
 
+    A run whose loss or weights go NaN or inf stops in phase `"diverged"`
+    (`diverged_epoch` says when) with a message; `fit` returns, and the model
+    holds the best pruned candidate so far, or, before ART has one, the
+    weights of the last epoch that ended finite.
+
     The learning rate is left alone until fine-tuning. There it starts again
     from the optimizer's learning rate at the start of the first `fit` and drops
     x0.1 at 50% and 75% of fine-tuning, unless `finetune_schedule` is given or
@@ -248,6 +253,8 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         self.schedule.reset()
         self.history = []
         self.masks = None
+        self.diverged_epoch = None
+        self._last_finite = None
         self._initial_lr = None
         self._restore_from = None
         self._fit_epoch = 0
@@ -300,6 +307,7 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
                 model, kernels, ones, masks_lib.ARTMaskConstraint
             )
         restored = self._restore_backup()
+        self._last_finite = (None, model.get_weights())
         if self._initial_lr is None:
             self._initial_lr = optimizers.learning_rate(model.optimizer)
         if self.phase == "finetune":
@@ -317,6 +325,7 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         if self._restore_from is not None:
             backup_lib.ARTBackup.restore_model(self.model, self._restore_from)
             self._restore_from = None
+            self._last_finite = (None, self.model.get_weights())
         self.regularizer.coefficient.assign(self.coefficient)
         if self.phase == "finetune":
             if self.finetune_schedule is not None:
@@ -327,15 +336,31 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.phase == "art":
-            self.regularizer.update_statistics()
+            try:
+                self.regularizer.update_statistics()
+            except regularizers.NonFiniteWeightsError:
+                self._diverge("the regularized kernels hold NaN or inf")
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if self.phase in ("warmup", "art", "finetune") and loss is not None:
+            if not np.isfinite(np.asarray(loss)).all():
+                self._diverge(f"the training loss is {float(np.asarray(loss))}")
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         accuracy = self._accuracy.read(logs)
+        weights = self.model.get_weights()
+        if self.phase != "diverged":
+            if all(np.isfinite(w).all() for w in weights):
+                self._last_finite = (self.epochs_seen, weights)
+            else:
+                self._diverge("the model's weights hold NaN or inf")
+        if self.phase == "diverged" and self.diverged_epoch == self.epochs_seen:
+            self._leave_finite()  # the run has stopped: no step follows
         phase, coefficient = self.phase, self.coefficient
         pruned_accuracy = math.nan
         if phase == "art":
-            weights = self.model.get_weights()
             values = {k: np.asarray(v.numpy()) for k, v in self._kernels.items()}
             masks = masks_lib.magnitude_masks(values, self.prune_rate)
             pruned_accuracy = self._evaluator.pruned_accuracy(self._kernels, masks)
@@ -409,6 +434,42 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         if self.phase == "done":  # no fine-tuning epoch
             self._finish()
 
+    def _diverge(self, reason):
+        """Stops a run that went NaN/inf; `on_epoch_end` then leaves the model
+        with a finite state (see `_leave_finite`)."""
+        if self.phase == "diverged":
+            return
+        self.phase = "diverged"
+        self.diverged_epoch = self.epochs_seen
+        self._divergence = reason
+        self.regularizer.coefficient.assign(0.0)
+        self.model.stop_training = True
+
+    def _leave_finite(self):
+        """The best pruned candidate so far (mask applied and enforced), else
+        the weights of the last epoch that ended finite (or those at the start
+        of `fit`)."""
+        best = self.schedule.best
+        if best is not None:
+            self.model.set_weights(best.payload["weights"])
+            self.masks = best.payload["masks"]
+            masks_lib.assign_masked(self._kernels, self.masks)
+            masks_lib.assign_mask_variables(self._mask_variables, self.masks)
+            left = f"the best pruned candidate (epoch {best.epoch})"
+        else:
+            epoch, weights = self._last_finite
+            self.model.set_weights(weights)
+            left = (
+                "the weights at the start of fit"
+                if epoch is None
+                else (f"the weights of epoch {epoch}, the last that ended finite")
+            )
+        io_utils.print_msg(
+            f"ART stopped in epoch {self.diverged_epoch}: training diverged "
+            f"({self._divergence}). The model holds {left}. Lower the learning "
+            "rate or lambda_init, and call `reset()` to start over."
+        )
+
     def _finish(self):
         self.phase = "done"
         self.model.stop_training = True
@@ -422,6 +483,7 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
             "history": self.history,
             "initial_lr": self._initial_lr,
             "fit_epoch": self._fit_epoch,
+            "diverged_epoch": self.diverged_epoch,
         }
         candidates = self.schedule.candidates()
         self._backup.write(self.model, state, candidates, self.masks)
@@ -435,6 +497,7 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         self.history = state["history"]
         self._initial_lr = state["initial_lr"]
         self._fit_epoch = state["fit_epoch"]
+        self.diverged_epoch = state.get("diverged_epoch")
         optimizers.build_optimizer(self.model)
         # As Keras' BackupAndRestore: the resumed `fit` starts at the epoch
         # after the backup.

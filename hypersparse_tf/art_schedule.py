@@ -20,7 +20,8 @@ The rule, per the paper's code:
    training accuracy, or, with `epoch_budget`, when only `finetune_epochs` of
    the budget remain;
 3. fine-tuning lasts `finetune_epochs` (with a budget: what the budget leaves);
-4. done.
+4. done. (`"diverged"` instead ends a run whose weights or loss went NaN/inf;
+   the caller sets it.)
 
 `candidate_rule="best_mean"` is this library's earlier rule, kept for
 comparison: the buffer's mean must beat the best MEAN so far (which only
@@ -34,7 +35,7 @@ import numpy as np
 
 from hypersparse_tf import validation
 
-PHASES = ("warmup", "art", "finetune", "done")
+PHASES = ("warmup", "art", "finetune", "done", "diverged")
 CANDIDATE_RULES = ("reference", "best_mean")
 
 

@@ -26,6 +26,14 @@ from hypersparse_tf.quantile import kth_smallest_magnitude
 # artanh(1 / sqrt(3)), rounded as in the reference code: puts the inflection point
 # of sech^2(s|w|) at the threshold t.
 INFLECTION = 0.6585
+NON_FINITE_MESSAGE = (
+    "HyperSparse statistics: the regularized kernels hold NaN or inf values "
+    "(did training diverge? lower the learning rate or lambda_init)"
+)
+
+
+class NonFiniteWeightsError(FloatingPointError):
+    """Raised by `update_statistics()` on kernels that hold NaN or inf."""
 
 
 def _state_variable(value, name):
@@ -169,6 +177,9 @@ class HyperSparse(AdaptiveRegularizer):
         magnitudes = tf.concat(
             [tf.abs(tf.reshape(tf.cast(k, tf.float32), [-1])) for k in kernels], 0
         )
+        # NaN and inf have bit patterns above every finite magnitude: the
+        # threshold would look fine while the statistics are garbage.
+        magnitudes = tf.debugging.assert_all_finite(magnitudes, NON_FINITE_MESSAGE)
         threshold = kth_smallest_magnitude(
             [magnitudes],
             prunable.num_pruned(self.prune_rate, int(magnitudes.shape[0])),
@@ -193,6 +204,9 @@ class HyperSparse(AdaptiveRegularizer):
 
         Raises:
             ValueError: if the regularizer is attached to no kernel.
+            NonFiniteWeightsError: if a kernel holds NaN or inf (inside a
+                `tf.function`: `tf.errors.InvalidArgumentError` with the same
+                message).
         """
         if not self._kernels:
             raise ValueError(
@@ -208,7 +222,14 @@ class HyperSparse(AdaptiveRegularizer):
             self._update_function = tf.function(
                 self._assign_statistics, autograph=False
             )
-        self._update_function()
+        try:
+            self._update_function()
+        except tf.errors.InvalidArgumentError as error:
+            if NON_FINITE_MESSAGE not in str(error):
+                raise
+            raise NonFiniteWeightsError(
+                f"{NON_FINITE_MESSAGE}. The statistics were left as they were."
+            ) from None
 
     def get_config(self):
         return {"prune_rate": self.prune_rate, **super().get_config()}

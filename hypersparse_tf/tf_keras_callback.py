@@ -52,6 +52,9 @@ def _callback_class():
         def on_train_batch_begin(self, batch, logs=None):
             self.art.on_train_batch_begin(batch, logs)
 
+        def on_train_batch_end(self, batch, logs=None):
+            self.art.on_train_batch_end(batch, logs)
+
         def on_epoch_end(self, epoch, logs=None):
             self.art.on_epoch_end(epoch, logs)
 

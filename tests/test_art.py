@@ -540,3 +540,54 @@ def test_art_model_saved_during_finetuning_keeps_its_mask_after_loading(tmp_path
     zeros, same_zeros, trained = _train_loaded(path, "keras")
     assert zeros == math.floor(0.9 * num_kernel_weights(model))
     assert same_zeros and trained
+
+
+class _PoisonKernel(keras.callbacks.Callback):
+    """Puts a NaN into a kernel when epoch `at` begins."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at:
+            kernel = self.model.get_layer("d1").kernel
+            value = kernel.numpy()
+            value[0, 0] = np.nan
+            kernel.assign(value)
+
+
+def test_art_divergence_during_art_leaves_the_best_finite_candidate(capsys):
+    model, reg, art = art_setup(0.9, lambda_init=1e-9, eta=1.0001)
+    poison_at = FAST["warmup_epochs"] + 2  # after two ART epochs
+    history = _fit(model, art, callbacks=[_PoisonKernel(poison_at)])
+    assert art.phase == "diverged" and art.diverged_epoch == poison_at
+    assert len(history.history["loss"]) == poison_at + 1  # fit returned
+    assert "training diverged (the regularized kernels hold NaN or inf)" in (
+        capsys.readouterr().out
+    )
+    best = art.schedule.best
+    assert best.epoch in (FAST["warmup_epochs"], FAST["warmup_epochs"] + 1)
+    assert math.isfinite(best.pruned_accuracy)
+    for weight, expected in zip(model.weights, best.payload["weights"], strict=True):
+        value = weight.numpy()
+        assert np.isfinite(value).all()
+        key = next((k for k, w in art._kernels.items() if w is weight), None)
+        if key is None:
+            np.testing.assert_array_equal(value, expected)
+        else:  # the candidate pruned with its mask
+            np.testing.assert_array_equal(value, np.where(art.masks[key], expected, 0))
+    assert_sparsity(model, math.floor(0.9 * num_kernel_weights(model)))
+    assert reg.coefficient.numpy() == 0.0
+    assert [h["phase"] for h in art.history][-1] == "diverged"
+
+
+def test_art_divergence_in_warmup_leaves_the_last_finite_weights():
+    model, _, art = art_setup(0.9)
+    model.optimizer.learning_rate = 1e6  # explodes within the first epoch
+    start = [w.copy() for w in model.get_weights()]
+    _fit(model, art)
+    assert art.phase == "diverged" and art.diverged_epoch == 0
+    assert art.schedule.best is None and art.masks is None
+    for a, b in zip(model.get_weights(), start, strict=True):
+        np.testing.assert_array_equal(a, b)  # no epoch ended finite
