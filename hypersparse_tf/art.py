@@ -33,31 +33,6 @@ from hypersparse_tf import tf_keras_callback
 from hypersparse_tf import validation
 
 
-def _check_model(model, regularizer, accuracy_metric, eval_output, eval_metric):
-    """Checks what ART needs of the model `fit` trains; returns its kernels
-    `{key: variable}` and its `TrainingAccuracy`."""
-    kernels = regularizers.attached_weights(model, regularizer)
-    if not kernels:
-        raise ValueError(
-            f"The regularizer {regularizer!r} is attached to no weight of model "
-            f"{model.name!r}. Call `hypersparse_tf.attach(model, regularizer)` "
-            "before `fit`."
-        )
-    if getattr(model, "optimizer", None) is None:
-        raise ValueError(f"Model {model.name!r} is not compiled.")
-    evaluation.check_output(model, eval_output, eval_metric)
-    outputs = getattr(model, "outputs", None) or []
-    if len(outputs) > 1 and accuracy_metric is None:
-        raise ValueError(
-            f"Model {model.name!r} has {len(outputs)} outputs: pass "
-            "`accuracy_metric=` with the key of the scored output's training "
-            f"accuracy in the epoch logs (e.g. '{eval_output}_accuracy'), the "
-            "number ART's rule compares the pruned accuracy with."
-        )
-    accuracy = evaluation.TrainingAccuracy(model, accuracy_metric)
-    return kernels, accuracy
-
-
 def _schedule_attribute(name, doc):
     """A property of `ART` that reads and writes its schedule's `name`."""
     return property(
@@ -189,14 +164,7 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
     ):
         super().__init__()
         self.prune_rate = regularizers.art_prune_rate(regularizer, prune_rate)
-        if eval_metric is not None and not isinstance(
-            eval_metric, keras.metrics.Metric
-        ):
-            raise TypeError(
-                validation.invalid(
-                    "eval_metric", "None or a keras.metrics.Metric", eval_metric
-                )
-            )
+        evaluation.check_metric(eval_metric)
         self.finetune_schedule = validation.check_callable(
             finetune_schedule, "finetune_schedule", "(finetune_epoch, initial_lr) -> lr"
         )
@@ -281,7 +249,7 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         model = self.model
-        kernels, accuracy = _check_model(
+        kernels, accuracy = evaluation.check_art_model(
             model,
             self.regularizer,
             self.accuracy_metric,

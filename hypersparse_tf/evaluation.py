@@ -88,6 +88,14 @@ def output_names(model):
     return list(names) if names else None
 
 
+def check_metric(metric):
+    """Raises unless `metric` is None or a `keras.metrics.Metric`."""
+    if metric is not None and not isinstance(metric, keras.metrics.Metric):
+        raise TypeError(
+            validation.invalid("eval_metric", "None or a keras.metrics.Metric", metric)
+        )
+
+
 def check_output(model, output, metric=None):
     """Checks which output of `model` is scored; returns it (None = the only).
 
@@ -97,10 +105,7 @@ def check_output(model, output, metric=None):
         metric: None or a `keras.metrics.Metric` (then the output may have a
             single unit, e.g. binary).
     """
-    if metric is not None and not isinstance(metric, keras.metrics.Metric):
-        raise TypeError(
-            validation.invalid("eval_metric", "None or a keras.metrics.Metric", metric)
-        )
+    check_metric(metric)
     outputs = getattr(model, "outputs", None) or None
     names = output_names(model) or []
     if outputs is None:  # a subclassed model: checked when it runs
@@ -357,3 +362,30 @@ class TrainingAccuracy:
             f"{self.key!r}, which holds only {sorted(logs)}. Pass "
             "`accuracy_metric=` with one of these names."
         )
+
+
+def check_art_model(model, regularizer, accuracy_metric, eval_output, eval_metric):
+    """Checks what ART needs of the model `fit` trains; returns its kernels
+    `{key: variable}` and its `TrainingAccuracy`."""
+    from hypersparse_tf import regularizers
+
+    kernels = regularizers.attached_weights(model, regularizer)
+    if not kernels:
+        raise ValueError(
+            f"The regularizer {regularizer!r} is attached to no weight of model "
+            f"{model.name!r}. Call `hypersparse_tf.attach(model, regularizer)` "
+            "before `fit`."
+        )
+    if getattr(model, "optimizer", None) is None:
+        raise ValueError(f"Model {model.name!r} is not compiled.")
+    check_output(model, eval_output, eval_metric)
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) > 1 and accuracy_metric is None:
+        raise ValueError(
+            f"Model {model.name!r} has {len(outputs)} outputs: pass "
+            "`accuracy_metric=` with the key of the scored output's training "
+            f"accuracy in the epoch logs (e.g. '{eval_output}_accuracy'), the "
+            "number ART's rule compares the pruned accuracy with."
+        )
+    accuracy = TrainingAccuracy(model, accuracy_metric)
+    return kernels, accuracy
