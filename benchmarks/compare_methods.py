@@ -32,7 +32,7 @@ after the last epoch and the best over the fine-tuning epochs (chosen on the
 test set, the number the paper reports).
 
 The reference code's details can be switched on one at a time, to measure
-what each does (`--candidate_rule`, `--eval_augmented`,
+what each does (`--eval_augmented`,
 `--weight_decay_mode=coupled`, `--reference_batchnorm`,
 `--reference_architecture`); `--gpu_paper` has them all.
 
@@ -109,7 +109,6 @@ class Setting:
     buffer_size: int = 1
     cost: float = 1.0  # relative time of one job, to start the longest first
     data_path: str = None
-    candidate_rule: str = "reference"
     eval_augmented: bool = False
     weight_decay_mode: str = "decoupled"
     reference_batchnorm: bool = False
@@ -208,7 +207,6 @@ PAPER_SETTING = _paper_setting()
 _REFERENCE_BATCHNORM = {"batchnorm_momentum": 0.9, "batchnorm_epsilon": 1e-5}
 _REFERENCE_ARCHITECTURE = {"kernel_initializer": "reference", "symmetric_padding": True}
 _SWITCHES = (
-    "candidate_rule",
     "eval_augmented",
     "weight_decay_mode",
     "reference_batchnorm",
@@ -262,12 +260,6 @@ def _define_flags():
         "buffer_size", None, "Override every setting's ART buffer_size."
     )
     _SWITCH_FLAGS = {
-        "candidate_rule": flags.DEFINE_enum(
-            "candidate_rule",
-            None,
-            ["reference", "best_mean"],
-            "ART's best-candidate rule (default: the setting's, 'reference').",
-        ),
         "eval_augmented": flags.DEFINE_bool(
             "eval_augmented",
             None,
@@ -508,7 +500,6 @@ def run_job(setting, seed, sparsities, methods, threads, verbose=0):
                     buffer_size=setting.buffer_size,
                     prune_rate=None if kind == "hs" else target,
                     recalibrate_batchnorm=512 if method == "art_hs_bn" else 0,
-                    candidate_rule=setting.candidate_rule,
                     verbose=verbose,
                 )
                 fit(
@@ -946,10 +937,10 @@ def replot(out, name):
     """Writes `<name>.md` and `<name>.png` again from `<name>.json`."""
     with open(out / f"{name}.json") as f:
         report = json.load(f)
-    # Runs written before the switches existed used the earlier candidate
-    # rule and none of the reference's details.
+    # Runs written with an option since removed keep replotting.
+    fields = {f.name for f in dataclasses.fields(Setting)}
     settings = {
-        n: Setting(**{"candidate_rule": "best_mean", **s})
+        n: Setting(**{k: v for k, v in s.items() if k in fields})
         for n, s in report["settings"].items()
     }
     jobs = max(1, min(2, len(report["jobs"])))

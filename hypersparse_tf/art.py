@@ -124,10 +124,6 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         eval_metric: None or a `keras.metrics.Metric` computed on the pruned
             copy instead of the top-1 accuracy (e.g. `BinaryAccuracy()` for a
             one-unit output). Defaults to `None`.
-        candidate_rule: `"reference"` or `"best_mean"`. When the buffer's
-            middle element becomes the best candidate: the reference code's
-            rule, or this library's earlier one (see `art_schedule`).
-            Defaults to `"reference"`.
 
     Example:
 
@@ -158,7 +154,6 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         epoch_budget=None,
         backup_dir=None,
         verbose=1,
-        candidate_rule="reference",
         eval_output=None,
         eval_metric=None,
     ):
@@ -186,7 +181,6 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
             finetune_epochs,
             buffer_size,
             epoch_budget,
-            candidate_rule,
         )
         self.backup_dir = None if backup_dir is None else str(backup_dir)
         self.verbose = validation.check_int(verbose, "verbose", 0)
@@ -489,5 +483,4 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
             "accuracy_metric": self.accuracy_metric,
             "backup_dir": self.backup_dir,
             "verbose": self.verbose,
-            "candidate_rule": self.schedule.candidate_rule,
         }

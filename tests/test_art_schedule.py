@@ -67,34 +67,29 @@ def test_schedule_buffer_best_candidate_and_stopping_rule():
     assert schedule.phase == "done" and schedule.epochs_seen == 7
 
 
-@pytest.mark.parametrize(
-    "rule, best, means",
-    [
-        # The reference compares with the best's OWN accuracy; the stored mean
-        # goes down at epoch 3 (0.633 -> 0.567).
-        ("reference", [0, 0, 1, 2], [0.6, 0.6, 0.6333, 0.5667]),
-        # The earlier rule compares with the best mean, which only rises.
-        ("best_mean", [0, 0, 1, 1], [0.6, 0.6, 0.6333, 0.6333]),
-    ],
-)
-def test_schedule_candidate_rules_differ_on_hand_fed_accuracies(rule, best, means):
-    schedule = ARTSchedule(0, 1e-4, 1.1, 1, 1, candidate_rule=rule)
+def test_schedule_compares_the_mean_with_the_best_candidates_own_accuracy():
+    # The reference compares the buffer mean with the best's OWN accuracy, and
+    # the stored mean goes down at epoch 3 (0.633 -> 0.567). The library's
+    # earlier rule (mean against the best MEAN so far, which only rises) kept
+    # epoch 1 there: best [0, 0, 1, 1], means [0.6, 0.6, 0.633, 0.633].
+    schedule = ARTSchedule(0, 1e-4, 1.1, 1, 1)
     seen = []
     for pruned in [0.6, 0.3, 1.0, 0.4]:
         assert _art_epoch(schedule, pruned, dense=0.9) is None
         seen.append((schedule.best.epoch, schedule.best_mean_pruned_accuracy))
-    assert [epoch for epoch, _ in seen] == best
-    assert [mean for _, mean in seen] == pytest.approx(means, abs=1e-4)
+    assert [epoch for epoch, _ in seen] == [0, 0, 1, 2]
+    assert [mean for _, mean in seen] == pytest.approx(
+        [0.6, 0.6, 0.6333, 0.5667], abs=1e-4
+    )
 
 
-@pytest.mark.parametrize("rule, best", [("reference", 2), ("best_mean", 1)])
-def test_schedule_middle_element_while_a_wide_buffer_fills(rule, best):
+def test_schedule_middle_element_while_a_wide_buffer_fills():
     # b = 2: with 3 of 5 entries the reference's middle is min(3 - 1, 2) = 2
-    # (the newest); `len // 2` is 1.
-    schedule = ARTSchedule(0, 1e-4, 1.1, 1, 2, candidate_rule=rule)
+    # (the newest); `len // 2`, the library's earlier index, is 1.
+    schedule = ARTSchedule(0, 1e-4, 1.1, 1, 2)
     for pruned in [0.1, 0.2, 0.9]:
         _art_epoch(schedule, pruned)
-    assert schedule.best.epoch == best
+    assert schedule.best.epoch == 2
     assert schedule.best_mean_pruned_accuracy == pytest.approx(0.4)
 
 
@@ -173,7 +168,6 @@ def test_schedule_refuses_art_epochs_outside_art():
         (dict(finetune_epochs=-1), "finetune_epochs"),
         (dict(buffer_size=-1), "buffer_size"),
         (dict(epoch_budget=4), "epoch_budget"),  # 2 + 1 + 2 = 5 at least
-        (dict(candidate_rule="mean"), "candidate_rule"),
     ],
 )
 def test_schedule_bad_arguments(kwargs, argument):

@@ -140,7 +140,6 @@ def test_reference_switches_reach_the_run_and_the_report(tmp_path):
         "--seeds=0",
         "--jobs=1",
         "--methods=art_hs",
-        "--candidate_rule=best_mean",
         "--eval_augmented",
         "--weight_decay_mode=coupled",
         "--reference_batchnorm",
@@ -151,7 +150,6 @@ def test_reference_switches_reach_the_run_and_the_report(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "compare_methods.json").read_text())
     setting = report["settings"]["cifar10_resnet"]
-    assert setting["candidate_rule"] == "best_mean"
     assert setting["eval_augmented"] and setting["reference_batchnorm"]
     assert setting["weight_decay_mode"] == "coupled"
     rows = {r["method"]: r for r in report["jobs"][0]["rows"]}
@@ -163,4 +161,6 @@ def test_reference_switches_reach_the_run_and_the_report(tmp_path):
     assert len(rows["dense"]["finetune_test_accuracy_history"]) == 3
     markdown = (out / "compare_methods.md").read_text()
     assert "weight decay 0.0001 (coupled)" in markdown
-    assert "candidate_rule=best_mean, eval_augmented=True" in markdown
+    assert "Reference switches: eval_augmented=True, weight_decay_mode=coupled" in (
+        markdown
+    )
