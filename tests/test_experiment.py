@@ -298,3 +298,41 @@ def test_make_strategy_choices():
     )
     with pytest.raises(ValueError, match="argument `strategy`"):
         experiment.make_strategy("horovod")
+
+
+SEEDED_RUN = r"""
+import sys
+from hypersparse_tf import experiment
+config = experiment.Config(
+    warmup_epochs=2, lambda_init=2e-3, eta=1.5, finetune_epochs=2, max_epochs=60,
+    seed=int(sys.argv[2]), export=(),
+)
+experiment.train_and_evaluate(config, sys.argv[1], verbose=0)
+"""
+
+
+def test_same_seed_in_two_processes_gives_identical_runs(tmp_path):
+    def run(name, seed):
+        result = subprocess.run(
+            [sys.executable, "-c", SEEDED_RUN, str(tmp_path / name), str(seed)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        masks = np.load(tmp_path / name / "masks.npz")
+        history = json.loads((tmp_path / name / "art_history.json").read_text())
+        return {k: masks[k] for k in masks.files}, history
+
+    masks_a, history_a = run("a", 3)
+    masks_b, history_b = run("b", 3)
+    np.testing.assert_equal(history_a, history_b)  # every number, NaN == NaN
+    assert masks_a.keys() == masks_b.keys()
+    for key in masks_a:
+        np.testing.assert_array_equal(masks_a[key], masks_b[key])
+    _, history_c = run("c", 4)
+    accuracies = [
+        [h["accuracy"] for h in history] for history in (history_a, history_c)
+    ]
+    assert accuracies[0] != accuracies[1]  # the seed matters
