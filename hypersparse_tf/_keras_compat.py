@@ -160,6 +160,13 @@ def set_constraint(variable, constraint):
     if isinstance(variable, keras.Variable):
         variable.constraint = constraint
         return
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(variable, tf.distribute.DistributedValues):
+        # A tf_keras weight under a strategy: its `constraint` is the one of
+        # its component variables (the primary's), so set it on each.
+        for component in variable.values:
+            set_constraint(component, constraint)
+        return
     _require(variable, "_constraint", "the constraint of a tf.Variable")
     variable._constraint = constraint
 

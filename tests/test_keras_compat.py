@@ -249,3 +249,20 @@ def test_tfds_features_have_the_label_names():
     )
     features = _keras_compat.tfds_features(tfds.builder("mnist"))
     assert features["label"].names == [str(i) for i in range(10)]
+
+
+def test_tf_keras_constraint_under_a_strategy_reaches_the_optimizer():
+    tf_keras = pytest.importorskip("tf_keras", reason="tf_keras not installed")
+    import tensorflow as tf
+
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        model = tf_keras.Sequential(
+            [tf_keras.Input((4,)), tf_keras.layers.Dense(2, name="d")]
+        )
+        model.compile(optimizer=tf_keras.optimizers.SGD(0.1), loss="mse")
+    kernel = model.get_layer("d").kernel
+    assert isinstance(kernel, tf.distribute.DistributedValues)
+    _keras_compat.set_constraint(kernel, lambda w: w * 0.0)
+    assert kernel.constraint is not None  # the primary component's
+    model.fit(*_data(), verbose=0)
+    assert np.all(kernel.numpy() == 0)
