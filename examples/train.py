@@ -55,7 +55,7 @@ flags.DEFINE_integer(
     "recalibrate_batchnorm",
     _DEFAULT.recalibrate_batchnorm,
     "Re-estimate the pruned copy's BatchNorm statistics on this many samples "
-    "before measuring its accuracy (0: no, as the reference code).",
+    "before measuring its accuracy (0: no, as the reference code; the presets).",
 )
 flags.DEFINE_integer(
     "epoch_budget",

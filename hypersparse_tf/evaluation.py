@@ -194,7 +194,7 @@ class PrunedEvaluator:
     def recalibrate(self):
         """`recalibrate_batchnorm` on the evaluator's samples; returns the
         previous statistics (nothing when it is off)."""
-        if not self.recalibrate_batchnorm:
+        if not self.recalibrate_batchnorm or not batchnorm_layers(self.model):
             return []
         return recalibrate_batchnorm(self.model, self.recalibration_inputs())
 

@@ -61,7 +61,7 @@ class Config:
     eta: float = 1.1
     finetune_epochs: int = 20
     buffer_size: int = 1
-    recalibrate_batchnorm: int = 0
+    recalibrate_batchnorm: int = 512
     epoch_budget: int = None
     max_epochs: int = 300
     batch_size: int = reference.BATCH_SIZE

@@ -144,7 +144,10 @@ def learning_rate_is_schedule(optimizer):
 
 def learning_rate(optimizer):
     """The optimizer's current learning rate, as a float."""
-    return float(np.asarray(inner_optimizer(optimizer).learning_rate))
+    value = inner_optimizer(optimizer).learning_rate
+    if hasattr(value, "numpy"):  # also a distributed variable (MWMS)
+        value = value.numpy()
+    return float(np.asarray(value))
 
 
 def set_learning_rate(optimizer, value):

@@ -23,6 +23,7 @@ LAMBDA_INIT = 5e-6
 ETA = 1.05
 FINETUNE_EPOCHS = 160
 BUFFER_SIZE = 1
+RECALIBRATE_BATCHNORM = 0  # the pruned copy keeps the dense statistics
 
 # Training
 BATCH_SIZE = 64
@@ -46,6 +47,7 @@ def art_settings():
         "eta": ETA,
         "finetune_epochs": FINETUNE_EPOCHS,
         "buffer_size": BUFFER_SIZE,
+        "recalibrate_batchnorm": RECALIBRATE_BATCHNORM,
     }
 
 

@@ -117,6 +117,7 @@ def test_presets_carry_the_reference_settings():
         assert preset["kernel_initializer"] == "reference"
         assert preset["symmetric_padding"] == preset["model"].startswith("resnet")
         assert preset["augment"] is True  # the pruned copy: augmented data
+        assert preset["recalibrate_batchnorm"] == 0  # dense BatchNorm statistics
         experiment.check_config(experiment.Config(**preset))
 
 
