@@ -224,6 +224,11 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         self._restore_from = None
         self._fit_epoch = 0
 
+    def mask_variables(self):
+        """`{key: variable}`: the in-graph masks ART enforces (all ones until
+        fine-tuning), one per regularized kernel; empty before `fit`."""
+        return dict(self._mask_variables or {})
+
     @property
     def buffer(self):
         """The last `2b + 1` ART epochs: (epoch, pruned accuracy) pairs."""

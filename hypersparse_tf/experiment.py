@@ -118,6 +118,15 @@ def check_config(config):
     validation.check_choice(config.model, "model", MODELS)
     validation.check_choice(config.regularizer, "regularizer", REGULARIZERS)
     validation.check_choice(config.strategy, "strategy", STRATEGIES)
+    if config.strategy == "multi_worker":
+        raise ValueError(
+            "Invalid value for argument `strategy`: Keras 3's fit does not run "
+            "under MultiWorkerMirroredStrategy (it fails converting a "
+            "PerReplica value, keras-team/keras#20585; seen with Keras 3.15 and "
+            "TF 2.21), and these experiments train Keras 3 models. Run ART on "
+            "several workers with a tf_keras model: examples/multi_worker.py. "
+            "Received: strategy='multi_worker'"
+        )
     for target in config.export:
         validation.check_choice(target, "export", EXPORTS)
     prunable.check_prune_rate(config.prune_rate)

@@ -129,6 +129,7 @@ def test_presets_carry_the_reference_settings():
         (dict(model="vgg19_bn", symmetric_padding=True), "symmetric_padding"),
         (dict(model="resnet20", batchnorm_epsilon=0.0), "batchnorm_epsilon"),
         (dict(model="resnet20", symmetric_padding="yes"), "symmetric_padding"),
+        (dict(strategy="multi_worker"), "strategy"),  # Keras 3's fit cannot
     ],
 )
 def test_reference_settings_bad_values_are_refused(changes, argument, tmp_path):
