@@ -214,6 +214,16 @@ _SWITCHES = (
 )
 
 
+# The integer settings a flag can override (here and in reference_divergences).
+SIZE_OVERRIDES = (
+    "train_size",
+    "test_size",
+    "warmup_epochs",
+    "budget_epochs",
+    "finetune_epochs",
+)
+
+
 def _define_flags():
     """Defines the absl flags: only when run as a script, so that importing
     this module (tests, worker processes) defines none."""
@@ -241,14 +251,7 @@ def _define_flags():
     )
     _OVERRIDES = {
         name: flags.DEFINE_integer(name, None, f"Override every setting's {name}.")
-        for name in (
-            "train_size",
-            "test_size",
-            "warmup_epochs",
-            "budget_epochs",
-            "finetune_epochs",
-            "batch_size",
-        )
+        for name in (*SIZE_OVERRIDES, "batch_size")
     }
     _OVERRIDES.update(
         {

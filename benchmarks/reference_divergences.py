@@ -67,13 +67,7 @@ _OUTPUT_DIR = flags.DEFINE_string(
 _NAME = flags.DEFINE_string("name", "reference_divergences", "Result file name.")
 _OVERRIDES = {
     name: flags.DEFINE_integer(name, None, f"Override the setting's {name}.")
-    for name in (
-        "train_size",
-        "test_size",
-        "warmup_epochs",
-        "budget_epochs",
-        "finetune_epochs",
-    )
+    for name in compare_methods.SIZE_OVERRIDES
 }
 
 
