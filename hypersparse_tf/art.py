@@ -268,7 +268,7 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
                 self.eval_output,
                 self.eval_metric,
             )
-        self.regularizer.bind_kernels(list(kernels.values()))
+        regularizers.bind_attached(model, self.regularizer)
         if self._mask_variables is None or not masks_lib.has_mask_constraints(
             kernels, masks_lib.ARTMaskConstraint
         ):
@@ -332,7 +332,16 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         pruned_accuracy = math.nan
         if phase == "art":
             values = {k: np.asarray(v.numpy()) for k, v in self._kernels.items()}
-            masks = masks_lib.magnitude_masks(values, self.prune_rate)
+            if getattr(self.regularizer, "grouping", None) is not None:
+                masks = dict(
+                    zip(
+                        values,
+                        self.regularizer.structured_masks(list(values.values())),
+                        strict=True,
+                    )
+                )
+            else:
+                masks = masks_lib.magnitude_masks(values, self.prune_rate)
             pruned_accuracy = self._evaluator.pruned_accuracy(self._kernels, masks)
             self.record_art_epoch(pruned_accuracy, accuracy, weights, masks)
         sparsity = masks_lib.fraction_of_zeros(self._kernels)

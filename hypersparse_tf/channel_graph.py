@@ -169,6 +169,7 @@ class ChannelGraph:
 
     def __init__(self, model):
         functional = _functional(model)
+        self.outputs = list(functional.outputs)
         self.nodes = _nodes(functional)
         calls = {}
         for node in self.nodes:

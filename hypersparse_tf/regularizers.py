@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from hypersparse_tf import _keras_compat
+from hypersparse_tf import groups
 from hypersparse_tf import prunable
 from hypersparse_tf import validation
 from hypersparse_tf.quantile import kth_smallest_magnitude
@@ -83,9 +84,10 @@ class AdaptiveRegularizer(keras.regularizers.Regularizer):
         """The variables this regularizer is attached to, as set by `attach`."""
         return tuple(self._kernels)
 
-    def bind_kernels(self, kernels):
+    def bind_kernels(self, kernels, grouping=None):
         """Sets the variables this regularizer is attached to (`attach` and
-        `ART` call it); its global statistics are computed over them."""
+        `ART` call it); its global statistics are computed over them.
+        `grouping` is for structured regularizers only."""
         self._kernels = list(kernels)
 
     def update_statistics(self):
@@ -120,10 +122,25 @@ class HyperSparse(AdaptiveRegularizer):
     Attach one instance to all kernels of a model with `attach(model, reg)`, or
     pass the SAME instance as `kernel_regularizer` of every layer.
 
+    With `structure="channel"` or `"block"` the same loss acts on the vector
+    of GROUP magnitudes (channels or units, or 1xB blocks of Dense kernels;
+    see `hypersparse_tf.groups`): `t` is the exact `floor(prune_rate * G)`-th
+    smallest of the `G` group magnitudes, and the gradient reaches each weight
+    through its group's norm. Such a regularizer is attached with `attach`,
+    which finds the groups in the model (merging the channels that meet in an
+    `Add`).
+
     Args:
-        prune_rate: Float in (0, 1). Fraction `kappa` of the weights to remove.
-            Defaults to `0.9`.
+        prune_rate: Float in (0, 1). Fraction `kappa` of the weights (or
+            groups) to remove. Defaults to `0.9`.
         coefficient: Float >= 0. Initial coefficient lambda. Defaults to `0.0`.
+        structure: `"weight"`, `"channel"` or `"block"`. Defaults to
+            `"weight"` (the paper's).
+        block_shape: `(1, B)` for `structure="block"`: blocks of B inputs of
+            one Dense unit. Defaults to `None`: `(1, 4)` for blocks.
+        normalize_groups: Bool. Divide a group's L2 norm by the square root of
+            its size (RMS), so that groups of different sizes compete on one
+            scale. Defaults to `True`.
 
     Example:
 
@@ -134,9 +151,25 @@ class HyperSparse(AdaptiveRegularizer):
     >>> loss = sum(model.losses)  # gradient: the HyperSparse gradient
     """
 
-    def __init__(self, prune_rate=0.9, coefficient=0.0):
+    def __init__(
+        self,
+        prune_rate=0.9,
+        coefficient=0.0,
+        structure="weight",
+        block_shape=None,
+        normalize_groups=True,
+    ):
         super().__init__(coefficient=coefficient)
         self.prune_rate = prune_rate = prunable.check_prune_rate(prune_rate)
+        self.structure, self.block_shape = groups.check_structure(
+            structure, block_shape
+        )
+        self.normalize_groups = validation.check_bool(
+            normalize_groups, "normalize_groups"
+        )
+        self._grouping = None
+        self._group_sums_of_squares = None
+        self._kernel_index = {}
         self._threshold = _state_variable(0.0, "threshold")
         self._scale = _state_variable(0.0, "scale")
         self._ratio = _state_variable(0.0, "ratio")
@@ -157,11 +190,47 @@ class HyperSparse(AdaptiveRegularizer):
         """Non-trainable variable: `A / T` (0 when `t = 0`)."""
         return self._ratio
 
-    def bind_kernels(self, kernels):
+    @property
+    def grouping(self):
+        """The `groups.Grouping` of a structured regularizer, else None."""
+        return self._grouping
+
+    def bind_kernels(self, kernels, grouping=None):
+        """Sets the kernels (and, when structured, their `groups.Grouping`:
+        `attach` builds it from the model)."""
+        kernels = list(kernels)
+        if self.structure != "weight":
+            if grouping is None or len(grouping.kernels) != len(kernels):
+                raise ValueError(
+                    f"A HyperSparse regularizer with structure={self.structure!r} "
+                    "needs the groups of its kernels: attach it with "
+                    "`hypersparse_tf.attach(model, regularizer)`."
+                )
+            self._grouping = grouping
+            self._kernel_index = {id(k): i for i, k in enumerate(kernels)}
+            self._group_sums_of_squares = _state_variable(
+                tf.zeros([grouping.num_groups]), "group_sums_of_squares"
+            )
         super().bind_kernels(kernels)
         self._update_function = None
 
     def __call__(self, x):
+        if self.structure != "weight":
+            index = self._kernel_index.get(id(x))
+            if index is None:
+                raise ValueError(
+                    "A structured HyperSparse regularizer regularizes the kernels "
+                    "it was attached to (it is called with the kernel variable); "
+                    f"received {type(x).__name__} {getattr(x, 'name', '')!r}."
+                )
+            return groups.structured_loss(
+                self._grouping.kernels[index],
+                x,
+                self._group_sums_of_squares,
+                self._grouping,
+                self._coefficient * self._ratio,
+                self._scale,
+            )
         x = tf.convert_to_tensor(x)
         weight = tf.stop_gradient(tf.cast(self._coefficient * self._ratio, x.dtype))
         scale = tf.stop_gradient(tf.cast(self._scale, x.dtype))
@@ -173,10 +242,22 @@ class HyperSparse(AdaptiveRegularizer):
         Args:
             kernels: List of tensors or variables.
         """
+        if self.structure != "weight":
+            return self._statistics_of(self._group_magnitudes(kernels)[1])
         # One vector: a few large ops run faster than many small ones per kernel.
         magnitudes = tf.concat(
             [tf.abs(tf.reshape(tf.cast(k, tf.float32), [-1])) for k in kernels], 0
         )
+        return self._statistics_of(magnitudes)
+
+    def _group_magnitudes(self, kernels):
+        """`(sums of squares, magnitudes)` of the groups, float32."""
+        kernels = [tf.cast(tf.convert_to_tensor(k), tf.float32) for k in kernels]
+        sums = self._grouping.group_sums_of_squares(kernels, keras.ops)
+        return sums, self._grouping.magnitudes(sums, keras.ops)
+
+    def _statistics_of(self, magnitudes):
+        """`(t, s, A / T)` of a vector of magnitudes."""
         # NaN and inf have bit patterns above every finite magnitude: the
         # threshold would look fine while the statistics are garbage.
         magnitudes = tf.debugging.assert_all_finite(magnitudes, NON_FINITE_MESSAGE)
@@ -190,7 +271,12 @@ class HyperSparse(AdaptiveRegularizer):
         return threshold, scale, tf.math.divide_no_nan(total, soft_count)
 
     def _assign_statistics(self):
-        threshold, scale, ratio = self.compute_statistics(self._kernels)
+        if self.structure != "weight":
+            sums, magnitudes = self._group_magnitudes(self._kernels)
+            threshold, scale, ratio = self._statistics_of(magnitudes)
+            self._group_sums_of_squares.assign(sums)
+        else:
+            threshold, scale, ratio = self.compute_statistics(self._kernels)
         self._threshold.assign(threshold)
         self._scale.assign(scale)
         self._ratio.assign(ratio)
@@ -231,8 +317,23 @@ class HyperSparse(AdaptiveRegularizer):
                 f"{NON_FINITE_MESSAGE}. The statistics were left as they were."
             ) from None
 
+    def structured_masks(self, values, prune_rate=None, min_groups=1):
+        """Masks removing whole groups of the bound kernels by magnitude (see
+        `groups.structured_masks`); `values` in the kernels' order."""
+        rate = self.prune_rate if prune_rate is None else prune_rate
+        return groups.structured_masks(values, self._grouping, rate, min_groups)
+
     def get_config(self):
-        return {"prune_rate": self.prune_rate, **super().get_config()}
+        config = {"prune_rate": self.prune_rate, **super().get_config()}
+        if self.structure != "weight":  # configs of per-weight ones unchanged
+            config.update(
+                structure=self.structure,
+                block_shape=None
+                if self.block_shape is None
+                else list(self.block_shape),
+                normalize_groups=self.normalize_groups,
+            )
+        return config
 
 
 @keras.saving.register_keras_serializable(package="hypersparse_tf")
@@ -365,7 +466,13 @@ def attach(model, regularizer, predicate=None):
             "AdaptiveL1 or AdaptiveL2 instance. Received: "
             f"regularizer={regularizer!r}"
         )
-    entries = prunable.prunable_layers_and_weights(model, predicate)
+    structure = getattr(regularizer, "structure", "weight")
+    if predicate is None and structure != "weight":
+        prunable.check_model(model)
+        predicate = groups.default_predicate(model, structure)
+    entries = prunable.prunable_layers_and_weights(
+        model, predicate, allow_empty=structure != "weight"
+    )
     for key, layer, weight in entries:
         current = _current_regularizer(layer, weight)
         if current is not None and current is not regularizer:
@@ -375,13 +482,22 @@ def attach(model, regularizer, predicate=None):
                 "the optimizer's `weight_decay` for weight decay), or exclude "
                 "it with `predicate`."
             )
+    grouping = None
+    if structure != "weight":  # built (and checked) before anything changes
+        grouping = groups.build_grouping(
+            model,
+            entries,
+            structure,
+            regularizer.block_shape,
+            regularizer.normalize_groups,
+        )
     if prunable.is_tf_keras(model):
         register_with_tf_keras()
     for _, layer, weight in entries:
         if _current_regularizer(layer, weight) is not regularizer:
             _set_regularizer(layer, weight, regularizer)
     kernels = [weight for _, _, weight in entries]
-    regularizer.bind_kernels(kernels)
+    regularizer.bind_kernels(kernels, grouping)
     # A train or test step traced by an earlier `fit`/`evaluate` lacks the new
     # losses.
     _keras_compat.drop_traced_steps(model)
@@ -402,6 +518,29 @@ def attached_weights(model, regularizer):
         allow_empty=True,
     )
     return {key: weight for key, _, weight in entries}
+
+
+def bind_attached(model, regularizer):
+    """Binds `regularizer` to the kernels of `model` it regularizes (and, when
+    structured, their groups); returns `{key: variable}` of those kernels."""
+    entries = prunable.prunable_layers_and_weights(
+        model,
+        lambda layer, weight: _current_regularizer(layer, weight) is regularizer,
+        allow_empty=True,
+    )
+    grouping = None
+    if entries and getattr(regularizer, "structure", "weight") != "weight":
+        grouping = groups.build_grouping(
+            model,
+            entries,
+            regularizer.structure,
+            regularizer.block_shape,
+            regularizer.normalize_groups,
+        )
+    kernels = {key: weight for key, _, weight in entries}
+    if kernels:
+        regularizer.bind_kernels(list(kernels.values()), grouping)
+    return kernels
 
 
 def art_prune_rate(regularizer, prune_rate):

@@ -1,0 +1,250 @@
+"""Channel- and block-structured HyperSparse: groups, statistics, gradients,
+masks, against NumPy float64."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import hypersparse_tf
+from hypersparse_tf import groups
+from tests.art_helpers import FAST
+from tests.art_helpers import compiled
+from tests.art_helpers import digits
+from tests.conftest import mixed_model
+
+
+def _residual(seed=0):
+    """Two Dense layers whose units meet in an Add, then a classifier."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((64,))
+    a = keras.layers.Dense(16, activation="relu", name="a")(inputs)
+    b = keras.layers.Dense(16, name="b")(inputs)
+    h = keras.layers.Add(name="add")([a, b])
+    h = keras.layers.Dense(12, activation="relu", name="c")(h)
+    outputs = keras.layers.Dense(10, activation="softmax", name="out")(h)
+    return keras.Model(inputs, outputs, name="residual")
+
+
+def _numpy_groups(grouping, values):
+    """Sum of squares per group and the group of every weight, in float64."""
+    sums = np.zeros(grouping.num_groups)
+    members = []
+    for kernel, value in zip(grouping.kernels, values, strict=True):
+        value = np.asarray(value, np.float64)
+        if kernel.block:
+            rows, units = kernel.shape
+            row_ids = np.arange(rows) // kernel.block
+            local = row_ids[:, None] * units + np.arange(units)[None, :]
+        else:
+            permuted = np.transpose(
+                np.arange(value.size).reshape(value.shape), kernel.perm
+            )
+            local = np.empty(value.size, np.int64)
+            local[permuted.reshape(-1, kernel.columns)] = np.arange(kernel.columns)
+            local = local.reshape(value.shape)
+        ids = kernel.ids[local]
+        np.add.at(sums, ids.ravel(), value.ravel() ** 2)
+        members.append(ids)
+    return sums, members
+
+
+def test_channel_groups_of_every_layer_kind():
+    model = mixed_model()
+    reg = hypersparse_tf.HyperSparse(0.5, structure="channel")
+    kernels = hypersparse_tf.attach(model, reg)
+    keys = [k.key for k in reg.grouping.kernels]
+    # The classifier ("dense", the model's output) is left out.
+    assert keys == [
+        "conv/kernel",
+        "depthwise/kernel",
+        "separable/depthwise_kernel",
+        "separable/pointwise_kernel",
+    ]
+    assert len(kernels) == 4
+    sizes = {k.key: (len(k.ids), int(k.sizes[0])) for k in reg.grouping.kernels}
+    assert sizes == {
+        "conv/kernel": (4, 27),  # 4 filters of 3x3x3
+        "depthwise/kernel": (4, 9),  # 4 depthwise channels of 3x3
+        "separable/depthwise_kernel": (4, 9),
+        "separable/pointwise_kernel": (5, 4),  # 5 filters of 1x1x4
+    }
+    assert reg.grouping.num_groups == 17
+
+
+def test_channels_that_meet_in_an_add_are_one_group():
+    model = _residual()
+    reg = hypersparse_tf.HyperSparse(0.5, structure="channel")
+    hypersparse_tf.attach(model, reg)
+    by_key = {k.key: k for k in reg.grouping.kernels}
+    assert list(by_key) == ["a/kernel", "b/kernel", "c/kernel"]
+    np.testing.assert_array_equal(by_key["a/kernel"].ids, by_key["b/kernel"].ids)
+    assert reg.grouping.num_groups == 16 + 12
+    assert set(reg.grouping.sizes[by_key["a/kernel"].ids]) == {128}  # 2 x 64
+
+
+def test_block_groups_and_a_short_last_block():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((10,)), keras.layers.Dense(6, name="d"), keras.layers.Dense(3)]
+    )
+    reg = hypersparse_tf.HyperSparse(0.5, structure="block", block_shape=(1, 4))
+    hypersparse_tf.attach(model, reg)
+    first = reg.grouping.kernels[0]
+    assert first.key == "d/kernel" and len(first.ids) == 3 * 6
+    np.testing.assert_array_equal(first.sizes.reshape(3, 6)[:, 0], [4, 4, 2])
+    keep = np.zeros(reg.grouping.num_groups, bool)
+    keep[first.ids[[0, 7]]] = True  # block (0, unit 0) and (1, unit 1)
+    mask = reg.grouping.element_masks(keep)[0]
+    expected = np.zeros((10, 6), bool)
+    expected[0:4, 0] = True
+    expected[4:8, 1] = True
+    np.testing.assert_array_equal(mask, expected)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("structure", ["channel", "block"])
+def test_structured_statistics_and_gradients_match_numpy(structure, normalize):
+    model = _residual(seed=1)
+    reg = hypersparse_tf.HyperSparse(
+        0.6, coefficient=0.01, structure=structure, normalize_groups=normalize
+    )
+    kernels = hypersparse_tf.attach(model, reg)
+    values = [k.numpy() for k in kernels]
+    values[0][:, 3] = 0.0  # a whole unit (and, for blocks, its blocks) at zero
+    kernels[0].assign(values[0])
+    reg.update_statistics()
+    grouping = reg.grouping
+    sums, members = _numpy_groups(grouping, values)
+    sizes = grouping.sizes.astype(np.float64) if normalize else 1.0
+    magnitudes = np.sqrt(sums / sizes)
+    t = np.sort(magnitudes)[math.floor(0.6 * grouping.num_groups)]
+    s = 0.6585 / t
+    ratio = magnitudes.sum() / np.tanh(s * magnitudes).sum()
+    assert reg.threshold.numpy() == pytest.approx(t, rel=1e-5)
+    assert reg.scale.numpy() == pytest.approx(s, rel=1e-5)
+    assert reg.ratio.numpy() == pytest.approx(ratio, rel=1e-5)
+    with tf.GradientTape() as tape:
+        loss = tf.add_n([reg(k) for k in kernels])
+    gradients = tape.gradient(loss, kernels)
+    for value, ids, gradient in zip(values, members, gradients, strict=True):
+        g = magnitudes[ids]
+        n = sizes[ids] if normalize else 1.0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            expected = 0.01 * ratio * s / np.cosh(s * g) ** 2 * value / (g * n)
+        expected = np.where(g > 0, expected, 0.0)
+        got = gradient.numpy()
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, expected, rtol=2e-4, atol=1e-9)
+    assert np.all(gradients[0].numpy()[:, 3] == 0)  # the zero group: zero, no NaN
+    # The value: lambda * ratio * sum(tanh(s g)), a merged group once per kernel.
+    counted = np.concatenate([np.unique(k.ids) for k in grouping.kernels])
+    expected_loss = 0.01 * ratio * np.tanh(s * magnitudes[counted]).sum()
+    assert float(loss) == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_structured_gradient_is_the_numerical_gradient_in_float64():
+    model = _residual(seed=2)
+    reg = hypersparse_tf.HyperSparse(0.5, coefficient=0.1, structure="channel")
+    kernels = hypersparse_tf.attach(model, reg)
+    reg.update_statistics()
+    grouping, index = reg.grouping, 2  # "c": not merged
+    x0 = kernels[index].numpy().astype(np.float64)[:8, :5]
+    sub = groups.KernelGroups(
+        "c", (8, 5), (0, 1), 5, 0, grouping.kernels[index].ids[:5], np.full(5, 8)
+    )
+    sums = tf.constant(np.zeros(grouping.num_groups), tf.float64)
+
+    def loss(x):
+        return groups.structured_loss(
+            sub, x, sums, grouping, tf.constant(0.1, tf.float64), reg.scale.numpy()
+        )
+
+    x0[:, 1] = 0.0  # a zero group: its gradient is 0, never NaN
+    theoretical, numerical = tf.test.compute_gradient(loss, [tf.constant(x0)])
+    assert np.isfinite(theoretical[0]).all()
+    np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-6)
+
+
+def test_structured_masks_remove_whole_groups_exactly_and_keep_one_per_layer():
+    model = _residual(seed=3)
+    reg = hypersparse_tf.HyperSparse(0.9, structure="channel")
+    kernels = hypersparse_tf.attach(model, reg)
+    values = [k.numpy() for k in kernels]
+    values[2] *= 1e-3  # "c" alone would lose all 12 units to a global cut
+    masks = reg.structured_masks(values)
+    removed_a = ~masks[0].any(axis=0)
+    np.testing.assert_array_equal(removed_a, ~masks[1].any(axis=0))  # merged
+    removed = int(removed_a.sum()) + int((~masks[2].any(axis=0)).sum())
+    assert removed == math.floor(0.9 * 28)  # 25 of 28 groups
+    for mask in masks:  # whole columns, and every layer keeps one at least
+        assert np.all(mask.all(axis=0) | ~mask.any(axis=0))
+        assert mask.any()
+    without = reg.structured_masks(values, min_groups=0)
+    assert not without[2].any()  # the narrow layer emptied
+
+
+def test_art_with_channel_structure_prunes_whole_units():
+    x, _, y, _ = digits()
+    model = compiled(_residual())
+    reg = hypersparse_tf.HyperSparse(0.5, structure="channel")
+    hypersparse_tf.attach(model, reg)
+    art = hypersparse_tf.ART(reg, (x, y), **dict(FAST, lambda_init=1e-2))
+    model.fit(x, y, epochs=200, batch_size=64, callbacks=[art], verbose=0)
+    assert art.phase == "done"
+    a, b, c = (model.get_layer(n).kernel.numpy() for n in "abc")
+    gone_a = np.all(a == 0, axis=0)
+    np.testing.assert_array_equal(gone_a, np.all(b == 0, axis=0))
+    assert int(gone_a.sum()) + int(np.all(c == 0, axis=0).sum()) == 14  # of 28
+    for kernel in (a, b, c):  # whole units or nothing
+        assert np.all((kernel != 0).all(axis=0) | (kernel == 0).all(axis=0))
+
+
+def test_structured_config_round_trip(tmp_path):
+    reg = hypersparse_tf.HyperSparse(
+        0.8, structure="block", block_shape=(1, 16), normalize_groups=False
+    )
+    config = reg.get_config()
+    assert config["structure"] == "block" and config["block_shape"] == [1, 16]
+    copy = hypersparse_tf.HyperSparse.from_config(config)
+    assert (copy.structure, copy.block_shape, copy.normalize_groups) == (
+        "block",
+        (1, 16),
+        False,
+    )
+    assert "structure" not in hypersparse_tf.HyperSparse(0.8).get_config()
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(structure="filter"), "structure"),
+        (dict(structure="block", block_shape=(4, 1)), "block_shape"),
+        (dict(structure="block", block_shape=(1, 1)), "block_shape"),
+        (dict(structure="channel", block_shape=(1, 4)), "block_shape"),
+        (dict(normalize_groups=1), "normalize_groups"),
+    ],
+)
+def test_structured_bad_arguments(kwargs, argument):
+    with pytest.raises((ValueError, TypeError), match=f"argument `{argument}`"):
+        hypersparse_tf.HyperSparse(0.5, **kwargs)
+
+
+def test_structured_attach_bad_models_change_nothing():
+    conv_only = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3), keras.layers.Flatten()]
+    )
+    block = hypersparse_tf.HyperSparse(0.5, structure="block")
+    with pytest.raises(ValueError, match="A block structure needs Dense kernels"):
+        hypersparse_tf.attach(conv_only, block)
+    model = _residual()
+    channel = hypersparse_tf.HyperSparse(0.5, structure="channel")
+    with pytest.raises(ValueError, match="writes the model's outputs"):
+        hypersparse_tf.attach(
+            model, channel, predicate=lambda layer, w: "kernel" in w.name
+        )
+    assert all(w.regularizer is None for w in model.weights)
+    with pytest.raises(ValueError, match="attach it with"):
+        channel.bind_kernels(model.trainable_weights[:1])
