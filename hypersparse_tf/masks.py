@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from hypersparse_tf import _keras_compat
+from hypersparse_tf import groups
 from hypersparse_tf import prunable
 
 
@@ -51,15 +52,34 @@ def magnitude_masks(values, prune_rate):
     return masks
 
 
-def global_magnitude_masks(model, prune_rate, predicate=None):
-    """Masks that prune a model by global weight magnitude.
+def global_magnitude_masks(
+    model,
+    prune_rate,
+    predicate=None,
+    structure="weight",
+    block_shape=None,
+    normalize_groups=True,
+    min_groups=1,
+):
+    """Masks that prune a model by global weight (or group) magnitude.
 
     Args:
         model: A built Keras model (Keras 3 or tf_keras).
         prune_rate: Float in (0, 1). Fraction of all prunable weights to
-            remove: exactly `floor(prune_rate * N)` of them.
+            remove: exactly `floor(prune_rate * N)` of them; with a structure,
+            the fraction of the `G` groups (channels, units or blocks; see
+            `hypersparse_tf.groups`): exactly `floor(prune_rate * G)`.
         predicate: Optional callable `(layer, weight) -> bool` choosing the
-            prunable weights (see `prunable_weights`). Defaults to `None`.
+            prunable weights (see `prunable_weights`). Defaults to `None`:
+            every prunable kernel; with a structure, the kernels it groups
+            (the other prunable kernels get masks that keep everything).
+        structure: `"weight"`, `"channel"` or `"block"`. Defaults to
+            `"weight"`.
+        block_shape: `(1, B)` for blocks. Defaults to `None` (`(1, 4)`).
+        normalize_groups: Bool. Group magnitude = L2 norm / sqrt(size).
+            Defaults to `True`.
+        min_groups: Int >= 0. Groups each kernel keeps (structures only).
+            Defaults to `1`.
 
     Returns:
         Dict `{"<layer name>/<weight name>": bool array}`; True = kept.
@@ -70,9 +90,24 @@ def global_magnitude_masks(model, prune_rate, predicate=None):
     >>> hypersparse_tf.apply_masks(model, masks)
     """
     prune_rate = prunable.check_prune_rate(prune_rate)
-    return magnitude_masks(
-        _values(prunable.prunable_weights(model, predicate)), prune_rate
+    structure, block_shape = groups.check_structure(structure, block_shape)
+    if structure == "weight":
+        return magnitude_masks(
+            _values(prunable.prunable_weights(model, predicate)), prune_rate
+        )
+    prunable.check_model(model)
+    chosen = predicate or groups.default_predicate(model, structure)
+    entries = prunable.prunable_layers_and_weights(model, chosen)
+    grouping = groups.build_grouping(
+        model, entries, structure, block_shape, normalize_groups
     )
+    values = [np.asarray(weight.numpy()) for _, _, weight in entries]
+    kept = groups.structured_masks(values, grouping, prune_rate, min_groups)
+    masks = {key: mask for (key, _, _), mask in zip(entries, kept, strict=True)}
+    if predicate is None:  # the other prunable kernels stay whole
+        for key, weight in prunable.prunable_weights(model).items():
+            masks.setdefault(key, np.ones(weight.shape, bool))
+    return masks
 
 
 def check_masks(weights, masks, argument="masks"):

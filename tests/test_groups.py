@@ -248,3 +248,36 @@ def test_structured_attach_bad_models_change_nothing():
     assert all(w.regularizer is None for w in model.weights)
     with pytest.raises(ValueError, match="attach it with"):
         channel.bind_kernels(model.trainable_weights[:1])
+
+
+def test_global_magnitude_masks_by_channel_shrink_to_a_smaller_model():
+    model = _residual(seed=4)
+    masks = hypersparse_tf.global_magnitude_masks(model, 0.5, structure="channel")
+    assert list(masks) == ["a/kernel", "b/kernel", "c/kernel", "out/kernel"]
+    assert masks["out/kernel"].all()  # the classes stay
+    gone_a = ~masks["a/kernel"].any(axis=0)
+    np.testing.assert_array_equal(gone_a, ~masks["b/kernel"].any(axis=0))
+    assert int(gone_a.sum()) + int((~masks["c/kernel"].any(axis=0)).sum()) == 14
+    hypersparse_tf.apply_masks(model, masks)
+    small = hypersparse_tf.shrink(model)
+    assert small.get_layer("a").units == small.get_layer("b").units == 16 - gone_a.sum()
+    assert small.count_params() < model.count_params()
+    x = digits()[0][:32]
+    np.testing.assert_allclose(
+        small.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5
+    )
+
+
+def test_global_magnitude_masks_by_block():
+    model = _residual(seed=5)
+    masks = hypersparse_tf.global_magnitude_masks(
+        model, 0.75, structure="block", block_shape=(1, 4)
+    )
+    total = 0
+    for key, mask in masks.items():
+        rows, units = mask.shape
+        blocks = mask.reshape(rows // 4, 4, units)
+        assert np.all(blocks.all(axis=1) | ~blocks.any(axis=1)), key  # whole blocks
+        total += int((~blocks.any(axis=1)).sum())
+    groups_count = (64 // 4) * 16 * 2 + (16 // 4) * 12 + (12 // 4) * 10
+    assert total == math.floor(0.75 * groups_count)
