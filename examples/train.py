@@ -46,6 +46,17 @@ flags.DEFINE_float("prune_rate", _DEFAULT.prune_rate, "Fraction of weights to re
 flags.DEFINE_enum(
     "regularizer", _DEFAULT.regularizer, experiment.REGULARIZERS, "HyperSparse, L1, L2."
 )
+flags.DEFINE_enum(
+    "structure",
+    _DEFAULT.structure,
+    ["weight", "channel", "block"],
+    "What HyperSparse removes: single weights, whole channels/units (shrink then "
+    "deletes them), or 1xB blocks of Dense kernels (LiteRT's sparse kernels).",
+)
+flags.DEFINE_integer("block_size", _DEFAULT.block_size, "B of --structure=block.")
+flags.DEFINE_bool(
+    "normalize_groups", _DEFAULT.normalize_groups, "Group magnitude = RMS, not L2."
+)
 flags.DEFINE_integer("warmup_epochs", _DEFAULT.warmup_epochs, "Dense epochs first.")
 flags.DEFINE_float("lambda_init", _DEFAULT.lambda_init, "First ART coefficient.")
 flags.DEFINE_float("eta", _DEFAULT.eta, "Growth of the coefficient per ART epoch.")

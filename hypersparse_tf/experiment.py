@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from hypersparse_tf import art_schedule
 from hypersparse_tf import datasets
+from hypersparse_tf import groups
 from hypersparse_tf import io_utils
 from hypersparse_tf import masks as masks_lib
 from hypersparse_tf import models
@@ -56,6 +57,9 @@ class Config:
     model: str = "small_cnn"
     prune_rate: float = 0.95
     regularizer: str = "hs"
+    structure: str = "weight"
+    block_size: int = 4
+    normalize_groups: bool = True
     warmup_epochs: int = 10
     lambda_init: float = 1e-4
     eta: float = 1.1
@@ -140,6 +144,20 @@ def check_config(config):
             f"epoch_budget={config.epoch_budget!r}"
         )
     validation.check_int(config.recalibrate_batchnorm, "recalibrate_batchnorm", 0)
+    validation.check_choice(config.structure, "structure", groups.STRUCTURES)
+    groups.check_structure(
+        config.structure,
+        (1, config.block_size) if config.structure == "block" else None,
+    )
+    validation.check_bool(config.normalize_groups, "normalize_groups")
+    if config.structure != "weight" and config.regularizer != "hs":
+        raise ValueError(
+            validation.invalid(
+                "structure",
+                "'weight' with the L1/L2 baselines (only HyperSparse has groups)",
+                config.structure,
+            )
+        )
     validation.check_choice(
         config.weight_decay_mode, "weight_decay_mode", WEIGHT_DECAY_MODES
     )
@@ -219,7 +237,12 @@ def _load_data(config):
 
 def _regularizer(config):
     if config.regularizer == "hs":
-        return regularizers.HyperSparse(config.prune_rate)
+        return regularizers.HyperSparse(
+            config.prune_rate,
+            structure=config.structure,
+            block_shape=(1, config.block_size) if config.structure == "block" else None,
+            normalize_groups=config.normalize_groups,
+        )
     if config.regularizer == "l1":
         return regularizers.AdaptiveL1()
     return regularizers.AdaptiveL2()

@@ -338,3 +338,37 @@ def test_same_seed_in_two_processes_gives_identical_runs(tmp_path):
         [h["accuracy"] for h in history] for history in (history_a, history_c)
     ]
     assert accuracies[0] != accuracies[1]  # the seed matters
+
+
+def test_channel_structure_end_to_end_makes_the_board_model_smaller(tmp_path):
+    config = experiment.Config(
+        **TINY, max_epochs=60, prune_rate=0.5, structure="channel", export=("micro",)
+    )
+    summary = experiment.train_and_evaluate(config, str(tmp_path / "run"), verbose=0)
+    assert summary["phase"] == "done"
+    masks = np.load(tmp_path / "run" / "masks.npz")
+    removed = {
+        k: int((~masks[k].reshape(-1, masks[k].shape[-1]).any(axis=0)).sum())
+        for k in masks.files
+    }
+    assert sum(removed.values()) == 24  # floor(0.5 * (16 + 32)) channels
+    rows = {r["artifact"]: r for r in summary["deployment_report"]["artifacts"]}
+    assert rows["micro_int8_shrunk"]["bytes"] < 0.8 * rows["micro_int8"]["bytes"]
+    assert rows["micro_int8_shrunk"]["arena_bytes"] < rows["micro_int8"]["arena_bytes"]
+    assert rows["micro_int8_shrunk"]["agreement"] >= 0.95
+
+
+@pytest.mark.parametrize(
+    "changes, argument",
+    [
+        (dict(structure="filters"), "structure"),
+        (dict(structure="block", block_size=1), "block_shape"),
+        (dict(structure="channel", regularizer="l1"), "structure"),
+    ],
+)
+def test_structure_bad_settings_are_refused(changes, argument, tmp_path):
+    with pytest.raises(ValueError, match=f"argument `{argument}`"):
+        experiment.train_and_evaluate(
+            experiment.Config(**changes), str(tmp_path / "run"), verbose=0
+        )
+    assert not (tmp_path / "run").exists()
