@@ -99,7 +99,8 @@ def write_markdown(path, runs, command):
         "before and after `shrink`.",
         "",
         "| rate | normalize_groups | ART epochs | sparse test % | micro int8 test % "
-        "| channels removed block1 / block2 | micro non-zero params (shrunk / before shrink) "
+        "| channels removed block1 / block2 "
+        "| micro non-zero params (shrunk / before shrink) "
         "| micro bytes (shrunk / unshrunk) | arena (shrunk / unshrunk) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

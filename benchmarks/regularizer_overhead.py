@@ -102,6 +102,7 @@ _FLAGS_IN_COMMAND = (
 PLAIN = "plain (no regularizer)"
 HYPERSPARSE = "HyperSparse, refreshed every step"
 FROZEN = "HyperSparse, statistics frozen"
+CHANNEL = "HyperSparse by channel, refreshed every step"
 L1 = "AdaptiveL1"
 
 
@@ -145,11 +146,14 @@ def build_configurations(names, seed, prune_rate, coefficient):
         else:
             model.set_weights(reference)
         callbacks = []
-        if name in (HYPERSPARSE, FROZEN):
-            regularizer = hypersparse_tf.HyperSparse(prune_rate, coefficient)
+        if name in (HYPERSPARSE, FROZEN, CHANNEL):
+            structure = "channel" if name == CHANNEL else "weight"
+            regularizer = hypersparse_tf.HyperSparse(
+                prune_rate, coefficient, structure=structure
+            )
             hypersparse_tf.attach(model, regularizer)
             regularizer.update_statistics()
-            if name == HYPERSPARSE:
+            if name != FROZEN:
                 callbacks.append(RefreshStatistics(regularizer))
         elif name == L1:
             regularizer = hypersparse_tf.AdaptiveL1(coefficient)
@@ -247,9 +251,25 @@ def measure_statistics(model, prune_rate, coefficient, repeats):
     train step adds them, for HyperSparse and AdaptiveL1 (each gradient is
     summed so that it is computed in full).
     """
+    # The channel-structured regularizer on a second copy of the network.
+    twin = model.__class__.from_config(model.get_config())
+    twin.set_weights([w.numpy() for w in model.weights])
     regularizer = hypersparse_tf.HyperSparse(prune_rate, coefficient)
     kernels = hypersparse_tf.attach(model, regularizer)
     l1 = hypersparse_tf.AdaptiveL1(coefficient)
+    channel = hypersparse_tf.HyperSparse(prune_rate, coefficient, structure="channel")
+    channel_kernels = hypersparse_tf.attach(twin, channel)
+
+    def channel_update():
+        channel.update_statistics()
+        return channel.threshold
+
+    def channel_loss_and_gradient():
+        with tf.GradientTape() as tape:
+            loss = tf.add_n([channel(k) for k in channel_kernels])
+        gradients = tape.gradient(loss, channel_kernels)
+        return loss + tf.add_n([tf.reduce_sum(g) for g in gradients])
+
     size = sum(int(np.prod(k.shape)) for k in kernels)
     rank = prunable.num_pruned(prune_rate, size)
 
@@ -277,8 +297,10 @@ def measure_statistics(model, prune_rate, coefficient, repeats):
         ),
         "hypersparse_loss": compile(lambda: loss_and_gradient(regularizer)),
         "l1_loss": compile(lambda: loss_and_gradient(l1)),
+        "update_statistics_channel": channel_update,
+        "channel_loss": compile(channel_loss_and_gradient),
     }
-    result = {"size": size}
+    result = {"size": size, "groups": channel.grouping.num_groups}
     thresholds = set()
     for key, function in functions.items():
         result[key], value = median_call_time(lambda f=function: f().numpy(), repeats)
@@ -397,14 +419,16 @@ def write_markdown(path, command, summary, stats, loads, target, settings, run):
         "after.",
         "",
         "| weights | update_statistics() | of which threshold selection "
-        "| tf.sort (full) | tf.math.top_k |",
-        "|---|---|---|---|---|",
+        "| tf.sort (full) | tf.math.top_k | update_statistics() by channel "
+        "(groups) |",
+        "|---|---|---|---|---|---|",
     ]
     for label, result in stats.items():
         lines.append(
             f"| {label}: {result['size']:,} | {_ms(result['update_statistics'])} | "
             f"{_ms(result['selection'])} | {_ms(result['sort'])} | "
-            f"{_ms(result['top_k'])} |"
+            f"{_ms(result['top_k'])} | "
+            f"{_ms(result['update_statistics_channel'])} ({result['groups']:,}) |"
         )
     lines += [
         "",
@@ -414,13 +438,14 @@ def write_markdown(path, command, summary, stats, loads, target, settings, run):
         "per-tensor losses summed over all kernels and their gradient w.r.t. "
         "every kernel, alone in a `tf.function` (median of repeated calls).",
         "",
-        "| weights | HyperSparse loss + gradient | AdaptiveL1 loss + gradient |",
-        "|---|---|---|",
+        "| weights | HyperSparse loss + gradient | AdaptiveL1 loss + gradient "
+        "| HyperSparse by channel loss + gradient |",
+        "|---|---|---|---|",
     ]
     for label, result in stats.items():
         lines.append(
             f"| {label}: {result['size']:,} | {_ms(result['hypersparse_loss'])} | "
-            f"{_ms(result['l1_loss'])} |"
+            f"{_ms(result['l1_loss'])} | {_ms(result['channel_loss'])} |"
         )
     lines += ["", "## Where the HyperSparse time goes", ""]
     lines += analysis(summary, stats)
@@ -553,7 +578,7 @@ def main(argv):
         )
         print(f"{label}: {stats[label]}", flush=True)
     run["load_stats"].append(os.getloadavg()[0])
-    names = [PLAIN, HYPERSPARSE, L1] + ([FROZEN] if _FROZEN.value else [])
+    names = [PLAIN, HYPERSPARSE, CHANNEL, L1] + ([FROZEN] if _FROZEN.value else [])
     configurations = build_configurations(
         names, _SEED.value, _PRUNE_RATE.value, _COEFFICIENT.value
     )
