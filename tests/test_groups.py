@@ -281,3 +281,41 @@ def test_global_magnitude_masks_by_block():
         total += int((~blocks.any(axis=1)).sum())
     groups_count = (64 // 4) * 16 * 2 + (16 // 4) * 12 + (12 // 4) * 10
     assert total == math.floor(0.75 * groups_count)
+
+
+def test_block_structure_exports_to_litert_sparse_kernels_without_densify():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(64, activation="relu", name="d1"),
+            keras.layers.Dense(32, activation="relu", name="d2"),
+            keras.layers.Dense(10, name="out"),
+        ]
+    )
+    masks = hypersparse_tf.global_magnitude_masks(
+        model, 0.9, structure="block", block_shape=(1, 4)
+    )
+    hypersparse_tf.apply_masks(model, masks)
+    flatbuffer = hypersparse_tf.export.to_tflite(model, "mobile")
+    info = hypersparse_tf.export.inspect_tflite(flatbuffer)
+    assert "DENSIFY" not in info["operators"]
+    blocked = [name for name, shape in info["sparse_blocks"].items() if shape == (1, 4)]
+    # The converter stores a weight sparse from 30% zeros on: those in 1x4 blocks.
+    mostly_zero = [k for k, m in masks.items() if 1 - m.mean() >= 0.3]
+    assert len(mostly_zero) == 2 and len(blocked) == len(info["sparse_tensors"]) == 2
+    x = digits()[0][:50]
+    np.testing.assert_allclose(
+        hypersparse_tf.export.run_tflite(flatbuffer, x),
+        model.predict(x, verbose=0),
+        atol=1e-5,
+    )
+    # Unstructured 90%: sparse storage that a DENSIFY op expands at load time.
+    keras.utils.set_random_seed(0)
+    plain = keras.models.clone_model(model)  # new initial weights, not blocks
+    hypersparse_tf.apply_masks(plain, hypersparse_tf.global_magnitude_masks(plain, 0.9))
+    unstructured = hypersparse_tf.export.inspect_tflite(
+        hypersparse_tf.export.to_tflite(plain, "mobile")
+    )
+    assert "DENSIFY" in unstructured["operators"]
+    assert set(unstructured["sparse_blocks"].values()) == {None}

@@ -85,6 +85,9 @@ def inspect_tflite(tflite_bytes):
           as `"FULLY_CONNECTED"`, `"DENSIFY"`; custom ops as `"CUSTOM:<name>"`).
         - `"custom_operators"`: sorted list of the custom op names.
         - `"sparse_tensors"`: names of the tensors stored in sparse form.
+        - `"sparse_blocks"`: `{name: block shape}` of those tensors, e.g.
+          `(1, 4)` for a FULLY_CONNECTED weight in 1x4 blocks (LiteRT's
+          sparse kernels), `None` for element-wise sparse storage.
         - `"inputs"`, `"outputs"`: lists of dicts with `name`, `shape`,
           `dtype` (e.g. `"int8"`), `scale` and `zero_point` (arrays, or `None`
           for a tensor without quantization).
@@ -112,7 +115,7 @@ def inspect_tflite(tflite_bytes):
             custom.add(custom_name)
             name = f"CUSTOM:{custom_name}"
         operators.add(name)
-    sparse, inputs, outputs = [], [], []
+    sparse, inputs, outputs, blocks = [], [], [], {}
     nonzero = 0
     for s in range(model.SubgraphsLength()):
         subgraph = model.Subgraphs(s)
@@ -120,6 +123,7 @@ def inspect_tflite(tflite_bytes):
             tensor = subgraph.Tensors(index)
             if tensor.Sparsity() is not None:
                 sparse.append(tensor.Name().decode())
+                blocks[tensor.Name().decode()] = _block_shape(tensor)
             nonzero += _count_nonzero(model, tensor, type_names, data)
         if s == 0:
             for index in range(subgraph.InputsLength()):
@@ -132,10 +136,28 @@ def inspect_tflite(tflite_bytes):
         "operators": sorted(operators),
         "custom_operators": sorted(custom),
         "sparse_tensors": sparse,
+        "sparse_blocks": blocks,
         "inputs": inputs,
         "outputs": outputs,
         "nonzero_parameters": nonzero,
     }
+
+
+def _block_shape(tensor):
+    """The block shape of a sparse tensor (one size per dense dimension), or
+    None when it is stored without blocks."""
+    sparsity = tensor.Sparsity()
+    if sparsity.BlockMapLength() == 0:
+        return None
+    rank = tensor.ShapeLength()
+    shape = [1] * rank
+    block_sizes = [
+        int(sparsity.DimMetadata(rank + i).DenseSize())
+        for i in range(sparsity.BlockMapLength())
+    ]
+    for dimension, size in zip(sparsity.BlockMapAsNumpy(), block_sizes, strict=True):
+        shape[int(dimension)] = size
+    return tuple(shape)
 
 
 def _count_nonzero(model, tensor, type_names, data):
