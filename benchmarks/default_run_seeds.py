@@ -22,13 +22,14 @@ import json  # noqa: E402
 import pathlib  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from child_runs import run_in_child  # noqa: E402
 
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the default run.")
 _RECALIBRATE = flags.DEFINE_list(
@@ -72,19 +73,7 @@ print("SUMMARY " + json.dumps(summary, default=str))
 
 
 def run(seed, recalibrate):
-    root = pathlib.Path(__file__).resolve().parent.parent
-    with tempfile.TemporaryDirectory() as directory:
-        result = subprocess.run(
-            [sys.executable, "-c", _RUN, str(seed), str(recalibrate), directory + "/r"],
-            capture_output=True,
-            text=True,
-            env=dict(os.environ, PYTHONPATH=str(root)),
-            check=False,
-        )
-    if result.returncode != 0:
-        raise RuntimeError(result.stderr[-3000:])
-    line = next(x for x in result.stdout.splitlines() if x.startswith("SUMMARY "))
-    return json.loads(line[len("SUMMARY ") :])
+    return run_in_child(_RUN, [seed, recalibrate])
 
 
 def _stats(values):

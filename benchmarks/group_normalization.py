@@ -22,13 +22,14 @@ import datetime  # noqa: E402
 import json  # noqa: E402
 import pathlib  # noqa: E402
 import shlex  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from child_runs import run_in_child  # noqa: E402
 
 _RATES = flags.DEFINE_list("rates", ["0.5", "0.75"], "Fractions of channels.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
@@ -61,20 +62,7 @@ print("SUMMARY " + json.dumps(summary, default=str))
 
 
 def run(seed, rate, normalize):
-    root = pathlib.Path(__file__).resolve().parent.parent
-    with tempfile.TemporaryDirectory() as directory:
-        result = subprocess.run(
-            [sys.executable, "-c", _RUN, str(seed), str(rate), str(int(normalize))]
-            + [directory + "/r"],
-            capture_output=True,
-            text=True,
-            env=dict(os.environ, PYTHONPATH=str(root)),
-            check=False,
-        )
-    if result.returncode != 0:
-        raise RuntimeError(result.stderr[-3000:])
-    line = next(x for x in result.stdout.splitlines() if x.startswith("SUMMARY "))
-    return json.loads(line[len("SUMMARY ") :])
+    return run_in_child(_RUN, [seed, rate, int(normalize)])
 
 
 def _cell(values, fmt="{:.2f}"):
