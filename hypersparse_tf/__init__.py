@@ -10,12 +10,14 @@ from hypersparse_tf import export
 from hypersparse_tf import models
 from hypersparse_tf.art import ART
 from hypersparse_tf.art_schedule import ARTSchedule
+from hypersparse_tf.attachment import attach
+from hypersparse_tf.attachment import attached_weights
 from hypersparse_tf.evaluation import pruned_accuracy
 from hypersparse_tf.evaluation import recalibrate_batchnorm
+from hypersparse_tf.mask_constraints import fix_masks
+from hypersparse_tf.mask_constraints import release_masks
 from hypersparse_tf.masks import apply_masks
-from hypersparse_tf.masks import fix_masks
 from hypersparse_tf.masks import global_magnitude_masks
-from hypersparse_tf.masks import release_masks
 from hypersparse_tf.masks import sparsity
 from hypersparse_tf.masks import sparsity_report
 from hypersparse_tf.prunable import is_prunable_kernel
@@ -23,8 +25,6 @@ from hypersparse_tf.prunable import prunable_weights
 from hypersparse_tf.regularizers import AdaptiveL1
 from hypersparse_tf.regularizers import AdaptiveL2
 from hypersparse_tf.regularizers import HyperSparse
-from hypersparse_tf.regularizers import attach
-from hypersparse_tf.regularizers import attached_weights
 from hypersparse_tf.regularizers import register_with_tf_keras
 from hypersparse_tf.shrink import shrink
 from hypersparse_tf.tfmot_interop import to_tfmot

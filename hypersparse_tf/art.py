@@ -21,10 +21,12 @@ import numpy as np
 
 from hypersparse_tf import _keras_compat
 from hypersparse_tf import art_schedule
+from hypersparse_tf import attachment
 from hypersparse_tf import backup as backup_lib
 from hypersparse_tf import eval_data as eval_data_lib
 from hypersparse_tf import evaluation
 from hypersparse_tf import io_utils
+from hypersparse_tf import mask_constraints
 from hypersparse_tf import masks as masks_lib
 from hypersparse_tf import optimizers
 from hypersparse_tf import reference
@@ -161,7 +163,7 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         eval_metric=None,
     ):
         super().__init__()
-        self.prune_rate = regularizers.art_prune_rate(regularizer, prune_rate)
+        self.prune_rate = attachment.art_prune_rate(regularizer, prune_rate)
         evaluation.check_metric(eval_metric)
         self.finetune_schedule = validation.check_callable(
             finetune_schedule, "finetune_schedule", "(finetune_epoch, initial_lr) -> lr"
@@ -268,20 +270,20 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
                 self.eval_output,
                 self.eval_metric,
             )
-        regularizers.bind_attached(model, self.regularizer)
-        if self._mask_variables is None or not masks_lib.has_mask_constraints(
-            kernels, masks_lib.ARTMaskConstraint
+        attachment.bind_attached(model, self.regularizer)
+        if self._mask_variables is None or not mask_constraints.has_mask_constraints(
+            kernels, mask_constraints.ARTMaskConstraint
         ):
             ones = {key: np.ones(w.shape, bool) for key, w in kernels.items()}
-            self._mask_variables = masks_lib.install_mask_constraints(
-                model, kernels, ones, masks_lib.ARTMaskConstraint
+            self._mask_variables = mask_constraints.install_mask_constraints(
+                model, kernels, ones, mask_constraints.ARTMaskConstraint
             )
         restored = self._restore_backup()
         self._last_finite = (None, model.get_weights())
         if self._initial_lr is None:
             self._initial_lr = optimizers.learning_rate(model.optimizer)
         if self.phase == "finetune":
-            masks_lib.assign_mask_variables(self._mask_variables, self.masks)
+            mask_constraints.assign_mask_variables(self._mask_variables, self.masks)
         self.regularizer.coefficient.assign(self.coefficient)
         # Retrace: the regularizer or the mask constraints may be new to the
         # train step traced by an earlier `fit`.
@@ -406,7 +408,7 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         masks_lib.assign_masked(self._kernels, self.masks)
         if self.recalibrate_batchnorm:
             self._evaluator.recalibrate()  # kept: fine-tuning starts from them
-        masks_lib.assign_mask_variables(self._mask_variables, self.masks)
+        mask_constraints.assign_mask_variables(self._mask_variables, self.masks)
         optimizers.reset_optimizer_state(self.model.optimizer)
         optimizers.set_learning_rate(self.model.optimizer, self._initial_lr)
         self.regularizer.coefficient.assign(0.0)
@@ -433,7 +435,7 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
             self.model.set_weights(best.payload["weights"])
             self.masks = best.payload["masks"]
             masks_lib.assign_masked(self._kernels, self.masks)
-            masks_lib.assign_mask_variables(self._mask_variables, self.masks)
+            mask_constraints.assign_mask_variables(self._mask_variables, self.masks)
             left = f"the best pruned candidate (epoch {best.epoch})"
         else:
             epoch, weights = self._last_finite

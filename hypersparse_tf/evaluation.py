@@ -367,9 +367,9 @@ class TrainingAccuracy:
 def check_art_model(model, regularizer, accuracy_metric, eval_output, eval_metric):
     """Checks what ART needs of the model `fit` trains; returns its kernels
     `{key: variable}` and its `TrainingAccuracy`."""
-    from hypersparse_tf import regularizers
+    from hypersparse_tf import attachment
 
-    kernels = regularizers.attached_weights(model, regularizer)
+    kernels = attachment.attached_weights(model, regularizer)
     if not kernels:
         raise ValueError(
             f"The regularizer {regularizer!r} is attached to no weight of model "

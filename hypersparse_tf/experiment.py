@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from hypersparse_tf import art_schedule
+from hypersparse_tf import attachment
 from hypersparse_tf import datasets
 from hypersparse_tf import groups
 from hypersparse_tf import io_utils
@@ -338,7 +339,7 @@ def train_and_evaluate(config, output_dir, overwrite=False, verbose=1):
             metrics=["accuracy"],
         )
         regularizer = _regularizer(config)
-        regularizers.attach(model, regularizer)
+        attachment.attach(model, regularizer)
     # As the reference: the pruned copy is scored on the training data as
     # training sees it (shuffled and, where training is, augmented).
     art = ART(

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from hypersparse_tf import _keras_compat
+from hypersparse_tf import mask_constraints
 from hypersparse_tf import masks as masks_lib
 from hypersparse_tf import prunable
 from hypersparse_tf import regularizers
@@ -239,7 +240,7 @@ def to_tfmot(model, masks, predicate=None):
         for attribute in _CONSTRAINT_ATTRIBUTES:
             # tfmot's wrapper holds the mask now; the weight's own stays.
             current = getattr(layer, attribute, None)
-            if isinstance(current, masks_lib.MaskConstraint):
+            if isinstance(current, mask_constraints.MaskConstraint):
                 previous = current.previous
                 config[attribute] = (
                     None

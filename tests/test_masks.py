@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import hypersparse_tf
-from hypersparse_tf.masks import MaskConstraint
+from hypersparse_tf.mask_constraints import MaskConstraint
 from hypersparse_tf.masks import magnitude_masks
 from tests.art_helpers import digits
 from tests.art_helpers import mlp
