@@ -333,14 +333,15 @@ def _build(setting, num_classes, input_shape, flavour="keras"):
 def _optimizer(module, setting):
     from hypersparse_tf import optimizers
 
-    if setting.weight_decay_mode == "coupled":
-        if module.__name__ != "keras":
-            raise ValueError("coupled weight decay: Keras 3 models only")
-        return optimizers.CoupledSGD(
+    if module.__name__ == "keras":
+        return optimizers.sgd(
             setting.learning_rate,
-            momentum=setting.momentum,
-            weight_decay=setting.weight_decay,
+            setting.momentum,
+            setting.weight_decay,
+            setting.weight_decay_mode,
         )
+    if setting.weight_decay_mode == "coupled":
+        raise ValueError("coupled weight decay: Keras 3 models only")
     return module.optimizers.SGD(
         setting.learning_rate,
         momentum=setting.momentum,

@@ -316,8 +316,9 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if self.phase in ("warmup", "art", "finetune") and loss is not None:
-            if not np.isfinite(np.asarray(loss)).all():
-                self._diverge(f"the training loss is {float(np.asarray(loss))}")
+            loss = np.asarray(loss)
+            if not np.isfinite(loss).all():
+                self._diverge(f"the training loss is {float(loss)}")
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}

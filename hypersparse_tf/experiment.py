@@ -145,7 +145,6 @@ def check_config(config):
             f"epoch_budget={config.epoch_budget!r}"
         )
     validation.check_int(config.recalibrate_batchnorm, "recalibrate_batchnorm", 0)
-    validation.check_choice(config.structure, "structure", groups.STRUCTURES)
     groups.check_structure(
         config.structure,
         (1, config.block_size) if config.structure == "block" else None,
@@ -211,7 +210,6 @@ def build_model(name, num_classes, input_shape, **style):
     if name.startswith("resnet"):
         return models.resnet(int(name[6:]), num_classes, input_shape, **style)
     if name == "vgg19_bn":
-        style.pop("symmetric_padding", None)
         return models.vgg19_bn(num_classes, input_shape, **style)
     builder = getattr(models, name)
     return builder(num_classes=num_classes, input_shape=input_shape)
@@ -220,7 +218,11 @@ def build_model(name, num_classes, input_shape, **style):
 def _model_style(config):
     if not (config.model.startswith("resnet") or config.model == "vgg19_bn"):
         return {}
-    return {name: getattr(config, name) for name in _PAPER_MODEL_DEFAULTS}
+    return {
+        name: getattr(config, name)
+        for name in _PAPER_MODEL_DEFAULTS
+        if name != "symmetric_padding" or config.model.startswith("resnet")
+    }
 
 
 def _load_data(config):

@@ -156,12 +156,16 @@ def _channel_layout(layer, weight):
     return identity, shape[-1]
 
 
-def _output_layers(model):
-    """The layers whose output is one of the model's outputs."""
+def _graph(model):
+    """The `ChannelGraph` of a Keras 3 functional model, else None."""
     try:
-        graph = channel_graph.ChannelGraph(model)
+        return channel_graph.ChannelGraph(model)
     except (TypeError, ValueError):
-        graph = None
+        return None
+
+
+def _output_layers(model, graph):
+    """The layers whose output is one of the model's outputs."""
     if graph is None:
         last = getattr(model, "layers", None)
         return {id(last[-1])} if last else set()
@@ -183,7 +187,7 @@ def default_predicate(model, structure):
             and _type_name(layer) == "Dense"
             and len(weight.shape) == 2
         )
-    outputs = _output_layers(model)
+    outputs = _output_layers(model, _graph(model))
     return lambda layer, weight: (
         prunable.is_prunable_kernel(layer, weight)
         and id(layer) not in outputs
@@ -191,12 +195,10 @@ def default_predicate(model, structure):
     )
 
 
-def _merged_roots(model):
+def _merged_roots(graph):
     """`{id(layer): channel-graph group}` of the producers whose channels can
     merge with others' (Keras 3 functional models only)."""
-    try:
-        graph = channel_graph.ChannelGraph(model)
-    except (TypeError, ValueError):
+    if graph is None:
         return {}
     return {
         id(node.operation): graph.group(node.output_tensors[0])
@@ -231,12 +233,12 @@ class Grouping:
     def group_sums_of_squares(self, values, ops=np):
         """Sum of squares per group over all kernels (`values` in kernel
         order)."""
-        total = ops.zeros((self.num_groups,), "float64" if ops is np else "float32")
         parts = [
             k.local_sums_of_squares(v, ops)
             for k, v in zip(self.kernels, values, strict=True)
         ]
         if ops is np:
+            total = np.zeros(self.num_groups, np.float64)
             for kernel, part in zip(self.kernels, parts, strict=True):
                 np.add.at(total, kernel.ids, part)
             return total
@@ -276,8 +278,10 @@ def build_grouping(model, entries, structure, block_shape=None, normalize=True):
     structure, block_shape = check_structure(structure, block_shape)
     if structure == "weight":
         raise ValueError("structure='weight' needs no grouping")
-    roots = _merged_roots(model) if structure == "channel" else {}
-    outputs = _output_layers(model) if structure == "channel" else set()
+    roots, outputs = {}, set()
+    if structure == "channel":
+        graph = _graph(model)
+        roots, outputs = _merged_roots(graph), _output_layers(model, graph)
     kernels, merged, next_id = [], {}, 0
     for key, layer, weight in entries:
         shape = tuple(int(d) for d in weight.shape)
