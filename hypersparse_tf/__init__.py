@@ -12,6 +12,7 @@ from hypersparse_tf.art import ART
 from hypersparse_tf.art_schedule import ARTSchedule
 from hypersparse_tf.attachment import attach
 from hypersparse_tf.attachment import attached_weights
+from hypersparse_tf.costs import model_cost
 from hypersparse_tf.evaluation import pruned_accuracy
 from hypersparse_tf.evaluation import recalibrate_batchnorm
 from hypersparse_tf.mask_constraints import fix_masks
@@ -46,6 +47,7 @@ __all__ = [
     "fix_masks",
     "global_magnitude_masks",
     "is_prunable_kernel",
+    "model_cost",
     "models",
     "prunable_weights",
     "pruned_accuracy",

@@ -25,6 +25,7 @@ from hypersparse_tf import attachment
 from hypersparse_tf import backup as backup_lib
 from hypersparse_tf import eval_data as eval_data_lib
 from hypersparse_tf import evaluation
+from hypersparse_tf import groups
 from hypersparse_tf import io_utils
 from hypersparse_tf import mask_constraints
 from hypersparse_tf import masks as masks_lib
@@ -271,12 +272,19 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
                 self.eval_metric,
             )
         attachment.bind_attached(model, self.regularizer)
+        # With channel structure, the removed channels' biases and BatchNorm
+        # gamma/beta are masked with the kernels (`groups.companion_masks`).
+        grouping = getattr(self.regularizer, "grouping", None)
+        self._masked = dict(kernels)
+        if grouping is not None:
+            self._masked.update(groups.companion_weights(grouping))
+        masked = self._masked
         if self._mask_variables is None or not mask_constraints.has_mask_constraints(
-            kernels, mask_constraints.ARTMaskConstraint
+            masked, mask_constraints.ARTMaskConstraint
         ):
-            ones = {key: np.ones(w.shape, bool) for key, w in kernels.items()}
+            ones = {key: np.ones(w.shape, bool) for key, w in masked.items()}
             self._mask_variables = mask_constraints.install_mask_constraints(
-                model, kernels, ones, mask_constraints.ARTMaskConstraint
+                model, masked, ones, mask_constraints.ARTMaskConstraint
             )
         restored = self._restore_backup()
         self._last_finite = (None, model.get_weights())
@@ -335,17 +343,14 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         pruned_accuracy = math.nan
         if phase == "art":
             values = {k: np.asarray(v.numpy()) for k, v in self._kernels.items()}
-            if getattr(self.regularizer, "grouping", None) is not None:
-                masks = dict(
-                    zip(
-                        values,
-                        self.regularizer.structured_masks(list(values.values())),
-                        strict=True,
-                    )
-                )
+            grouping = getattr(self.regularizer, "grouping", None)
+            if grouping is not None:
+                kept = self.regularizer.structured_masks(list(values.values()))
+                masks = dict(zip(values, kept, strict=True))
+                masks.update(groups.companion_masks(grouping, kept))
             else:
                 masks = masks_lib.magnitude_masks(values, self.prune_rate)
-            pruned_accuracy = self._evaluator.pruned_accuracy(self._kernels, masks)
+            pruned_accuracy = self._evaluator.pruned_accuracy(self._masked, masks)
             self.record_art_epoch(pruned_accuracy, accuracy, weights, masks)
         sparsity = masks_lib.fraction_of_zeros(self._kernels)
         self.history.append(
@@ -406,7 +411,7 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         best = self.schedule.best.payload
         self.model.set_weights(best["weights"])
         self.masks = best["masks"]
-        masks_lib.assign_masked(self._kernels, self.masks)
+        masks_lib.assign_masked(self._masked, self.masks)
         if self.recalibrate_batchnorm:
             self._evaluator.recalibrate()  # kept: fine-tuning starts from them
         mask_constraints.assign_mask_variables(self._mask_variables, self.masks)
@@ -435,7 +440,7 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         if best is not None:
             self.model.set_weights(best.payload["weights"])
             self.masks = best.payload["masks"]
-            masks_lib.assign_masked(self._kernels, self.masks)
+            masks_lib.assign_masked(self._masked, self.masks)
             mask_constraints.assign_mask_variables(self._mask_variables, self.masks)
             left = f"the best pruned candidate (epoch {best.epoch})"
         else:

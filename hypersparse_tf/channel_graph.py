@@ -1,9 +1,11 @@
 """Channel groups of a Keras 3 functional model: which channels go together.
 
 A group is a set of channels that must go or stay together: the output
-channels of one or more producers (`Dense`, `Conv1D/2D/3D`; several when
-merged by `Add` and the other merge layers), followed through channel-wise
-layers (BatchNorm, element-wise activations, dropout, pooling, `Flatten`). The
+channels of one or more producers (`Dense`, `Conv1D/2D/3D`,
+`SeparableConv1D/2D`; several when merged by `Add` and the other merge
+layers), followed through channel-wise layers (BatchNorm, element-wise
+activations, dropout, pooling, cropping, upsampling, zero padding, `Flatten`,
+and `DepthwiseConv1D/2D`, which maps channel `c` to channel `c`). The
 channels of the model's inputs and outputs, and those next to a layer this
 module does not understand, are fixed: they stay. `shrink` removes the
 channels of unfixed groups that carry nothing.
@@ -18,6 +20,14 @@ from hypersparse_tf import _keras_compat
 
 DENSE = (keras.layers.Dense,)
 _CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+# Zero padding keeps a channel that is constant 0 constant, not another one.
+_PADDING = (
+    keras.layers.ZeroPadding1D,
+    keras.layers.ZeroPadding2D,
+    keras.layers.ZeroPadding3D,
+)
 
 # Element-wise activation functions: a constant channel stays constant, and
 # removing a channel leaves the others unchanged (unlike softmax).
@@ -67,6 +77,12 @@ _CONSTANT_PRESERVING = (
     keras.layers.GlobalAveragePooling1D,
     keras.layers.GlobalAveragePooling2D,
     keras.layers.GlobalAveragePooling3D,
+    keras.layers.Cropping1D,
+    keras.layers.Cropping2D,
+    keras.layers.Cropping3D,
+    keras.layers.UpSampling1D,
+    keras.layers.UpSampling2D,
+    keras.layers.UpSampling3D,
 )
 MERGES = {
     keras.layers.Add: lambda values: np.sum(values, axis=0),
@@ -88,17 +104,34 @@ def _channels_last(layer):
     return getattr(layer, "data_format", "channels_last") in (None, "channels_last")
 
 
+def _plain(layer):
+    """No LoRA, no quantization: the layer's weights are its kernels."""
+    return not getattr(layer, "lora_enabled", False) and (
+        getattr(layer, "quantization_mode", None) is None
+    )
+
+
 def _is_producer(layer):
-    """A Dense or Conv layer whose output channels `shrink` may remove."""
-    if type(layer) not in DENSE + _CONV:
-        return False
-    if getattr(layer, "lora_enabled", False):
-        return False
-    if getattr(layer, "quantization_mode", None) is not None:
+    """A Dense, Conv or SeparableConv layer whose output channels `shrink` may
+    remove (SeparableConv with `depth_multiplier=1`)."""
+    if type(layer) not in DENSE + _CONV + SEPARABLE or not _plain(layer):
         return False
     if type(layer) in _CONV and (not _channels_last(layer) or layer.groups != 1):
         return False
+    if type(layer) in SEPARABLE:
+        return _channels_last(layer) and layer.depth_multiplier == 1
     return True
+
+
+def _is_depthwise(layer):
+    """A DepthwiseConv layer that maps channel `c` to channel `c` alone."""
+    return (
+        type(layer) in DEPTHWISE
+        and _plain(layer)
+        and _channels_last(layer)
+        and layer.depth_multiplier == 1
+        and _activation_name(layer.activation) is not None
+    )
 
 
 def _kind(layer, inputs, outputs):
@@ -112,6 +145,10 @@ def _kind(layer, inputs, outputs):
         return "merge" if len(shapes) == 1 else None
     if len(inputs) != 1:
         return None
+    if _is_depthwise(layer):
+        return "depthwise"
+    if type(layer) in _PADDING and _channels_last(layer):
+        return "padding"
     if type(layer) is keras.layers.BatchNormalization:
         rank = len(inputs[0].shape)
         return "batchnorm" if layer.axis in (-1, rank - 1) else None
@@ -155,6 +192,12 @@ def _nodes(functional):
             if node.operation is not None and not node.is_input:
                 nodes.append(node)
     return nodes
+
+
+def layer_calls(model):
+    """The layer calls (nodes) of a Keras 3 Sequential or functional model,
+    inputs before their consumers."""
+    return _nodes(_functional(model))
 
 
 class ChannelGraph:

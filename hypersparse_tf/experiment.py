@@ -31,7 +31,15 @@ from hypersparse_tf import run_report
 from hypersparse_tf import validation
 from hypersparse_tf.art import ART
 
-MODELS = ("small_cnn", "lenet_300_100", "resnet20", "resnet32", "resnet56", "vgg19_bn")
+MODELS = (
+    "small_cnn",
+    "lenet_300_100",
+    "mobilenet_style",
+    "resnet20",
+    "resnet32",
+    "resnet56",
+    "vgg19_bn",
+)
 REGULARIZERS = ("hs", "l1", "l2")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 EXPORTS = ("mobile", "micro")

@@ -15,16 +15,23 @@ Output channels, per layer:
 - `Conv1D/2D/3DTranspose`: the kernel's axis -2 (its filters);
 - `DepthwiseConv1D/2D` and the depthwise kernel of `SeparableConv1D/2D`: each
   depthwise channel, `in_channels * depth_multiplier` of them; the pointwise
-  kernel of a `SeparableConv` groups by its filters, like a 1x1 convolution
-  (the two kernels of one layer are grouped apart: removing a depthwise
-  channel removes a row of the pointwise kernel, which `shrink` deletes).
+  kernel of a `SeparableConv` groups by its filters, like a 1x1 convolution.
 
-Channels that meet in an `Add` (or another merge layer) of a Keras 3
-functional model are ONE group across every kernel that writes them (found by
-`channel_graph.ChannelGraph`): a residual channel can only go from all of its
-writers at once. The kernels that write the model's outputs (a classifier's
-units are its classes) are left out of channel structure: `attach` leaves them
-out by default.
+A group is a channel of the network, not of one kernel. In a Keras 3
+functional model (found by `channel_graph.ChannelGraph`), channels that meet
+in an `Add` (or another merge layer) are ONE group across every kernel that
+writes them, so a residual channel can only go from all of its writers at
+once; and a depthwise filter (of a `DepthwiseConv` or the depthwise kernel of
+a `SeparableConv`, with `depth_multiplier=1`) joins the group of the channel
+it filters, with the kernels that write that channel: removing the group
+zeroes the channel's writers and its filter together, which is what lets
+`shrink` delete it from a depthwise-separable network (zeroing the writers
+alone would leave the channel holding BatchNorm's non-zero constant, which a
+3x3 depthwise filter with `"same"` padding does not pass on as a constant).
+
+The kernels that write the model's outputs (a classifier's units are its
+classes) are left out of channel structure: `attach` leaves them out by
+default.
 
 Blocks: a Dense kernel `(in, out)` is cut into `ceil(in / B)` blocks of B
 consecutive inputs per unit; when B does not divide `in`, the last block of
@@ -196,15 +203,30 @@ def default_predicate(model, structure):
 
 
 def _merged_roots(graph):
-    """`{id(layer): channel-graph group}` of the producers whose channels can
-    merge with others' (Keras 3 functional models only)."""
+    """`{(id(layer), side): channel-graph group}`, for the kernels whose
+    channels can merge with others' (Keras 3 functional models only): side
+    `"out"` for the output channels of a producer, `"in"` for the depthwise
+    kernel of a DepthwiseConv or SeparableConv, which filters the channels of
+    its input (one group with the kernels that write them)."""
     if graph is None:
         return {}
-    return {
-        id(node.operation): graph.group(node.output_tensors[0])
-        for node, kind in zip(graph.nodes, graph.kind, strict=True)
-        if kind == "producer"
-    }
+    roots = {}
+    for node, kind in zip(graph.nodes, graph.kind, strict=True):
+        layer = node.operation
+        if kind == "producer":
+            roots[(id(layer), "out")] = graph.group(node.output_tensors[0])
+            if type(layer) in channel_graph.SEPARABLE:
+                roots[(id(layer), "in")] = graph.group(node.input_tensors[0])
+        elif kind == "depthwise":
+            roots[(id(layer), "in")] = graph.group(node.input_tensors[0])
+    return roots
+
+
+def _root(roots, layer, weight):
+    depthwise = _type_name(layer) in _DEPTHWISE_NAMES or (
+        prunable.weight_name(weight) == "depthwise_kernel"
+    )
+    return roots.get((id(layer), "in" if depthwise else "out"))
 
 
 class Grouping:
@@ -221,6 +243,9 @@ class Grouping:
         self.kernels = kernels
         self.num_groups = int(num_groups)
         self.normalize = bool(normalize)
+        # Biases and BatchNorm parameters of the grouped channels: see
+        # `companion_masks`. Set by `build_grouping`.
+        self.companions = []
         sizes = np.zeros(self.num_groups, np.int64)
         for kernel in kernels:
             np.add.at(sizes, kernel.ids, kernel.sizes)
@@ -278,7 +303,7 @@ def build_grouping(model, entries, structure, block_shape=None, normalize=True):
     structure, block_shape = check_structure(structure, block_shape)
     if structure == "weight":
         raise ValueError("structure='weight' needs no grouping")
-    roots, outputs = {}, set()
+    roots, outputs, graph = {}, set(), None
     if structure == "channel":
         graph = _graph(model)
         roots, outputs = _merged_roots(graph), _output_layers(model, graph)
@@ -319,7 +344,7 @@ def build_grouping(model, entries, structure, block_shape=None, normalize=True):
             )
         perm, columns = layout
         per_channel = math.prod(shape) // columns
-        root = roots.get(id(layer))
+        root = _root(roots, layer, weight)
         if root is None:
             ids = np.arange(next_id, next_id + columns, dtype=np.int64)
             next_id += columns
@@ -342,7 +367,82 @@ def build_grouping(model, entries, structure, block_shape=None, normalize=True):
                 "units are not the model's outputs."
             )
         )
-    return Grouping(kernels, next_id, normalize)
+    grouping = Grouping(kernels, next_id, normalize)
+    if graph is not None:
+        attached = {id(weight) for _, _, weight in entries}
+        grouping.companions = _companions(graph, merged, attached)
+    return grouping
+
+
+# The weights of a channel besides its kernels: zeroed with its group, they
+# leave the channel exactly 0 (BatchNorm's beta would otherwise hold a
+# constant there, which a "same"-padded 3x3 convolution reads differently at
+# the border, so `shrink` could not delete the channel).
+COMPANION_NAMES = ("bias", "gamma", "beta")
+
+
+def _companions(graph, merged, attached):
+    """`[(key, variable, ids)]`: the biases of the layers that write or filter
+    a grouped channel and the BatchNorm gamma/beta that normalize it, with the
+    global group of each of their entries. A channel counts only where every
+    kernel that writes or filters it is attached."""
+    complete = {}
+    for node, kind in zip(graph.nodes, graph.kind, strict=True):
+        layer = node.operation
+        if kind not in ("producer", "depthwise"):
+            continue
+        tensor = node.output_tensors[0] if kind == "producer" else node.input_tensors[0]
+        written = [
+            w
+            for w in layer.weights
+            if prunable.weight_name(w) in ("kernel", "pointwise_kernel")
+        ]
+        if type(layer) in channel_graph.SEPARABLE:
+            inner = graph.group(node.input_tensors[0])
+            depthwise = [
+                w
+                for w in layer.weights
+                if prunable.weight_name(w) == "depthwise_kernel"
+            ]
+            complete[inner] = complete.get(inner, True) and all(
+                id(w) in attached for w in depthwise
+            )
+        root = graph.group(tensor)
+        complete[root] = complete.get(root, True) and all(
+            id(w) in attached for w in written
+        )
+    found = []
+    for node, kind in zip(graph.nodes, graph.kind, strict=True):
+        if kind not in ("producer", "depthwise", "batchnorm"):
+            continue
+        output = node.output_tensors[0]
+        root = graph.group(output)
+        if not complete.get(root) or root not in merged or graph.repeat(output) != 1:
+            continue
+        layer = node.operation
+        for weight in layer.weights:
+            if prunable.weight_name(weight) in COMPANION_NAMES and len(
+                merged[root]
+            ) == int(weight.shape[-1]):
+                key = prunable.weight_key(layer, weight)
+                found.append((key, weight, merged[root]))
+    return found
+
+
+def companion_masks(grouping, kernel_masks):
+    """`{key: bool array}` for the companions of a channel grouping (biases,
+    BatchNorm gamma and beta): False where every weight of the channel's
+    group is masked, so that the removed channel is exactly 0."""
+    kept = np.zeros(grouping.num_groups, bool)
+    for kernel, mask in zip(grouping.kernels, kernel_masks, strict=True):
+        local = kernel.local_sums_of_squares(np.asarray(mask, np.float64), np)
+        np.logical_or.at(kept, kernel.ids, local > 0)
+    return {key: kept[ids] for key, _, ids in grouping.companions}
+
+
+def companion_weights(grouping):
+    """`{key: variable}` of a grouping's companions (see `companion_masks`)."""
+    return {key: weight for key, weight, _ in grouping.companions}
 
 
 def structured_loss(kernel, x, group_sums_of_squares, grouping, weight, scale):

@@ -13,6 +13,8 @@ import numpy as np
 import tensorflow as tf
 
 from hypersparse_tf import _keras_compat
+from hypersparse_tf import groups
+from hypersparse_tf import masks as masks_lib
 from hypersparse_tf import prunable
 from hypersparse_tf.masks import assign_masked
 from hypersparse_tf.masks import check_masks
@@ -207,7 +209,7 @@ def fix_masks(model, masks, predicate=None):
     >>> hypersparse_tf.fix_masks(model, masks)
     >>> model.fit(x_train, y_train, epochs=10)  # 90% of the kernels stay 0
     """
-    weights = prunable.prunable_weights(model, predicate)
+    weights = masks_lib.masked_weights(model, masks, predicate)
     checked = check_masks(weights, masks)
     if prunable.is_tf_keras(model):
         from hypersparse_tf import regularizers
@@ -224,7 +226,13 @@ def release_masks(model, predicate=None):
     The weights keep their values (pruned ones stay zero until trained); each
     weight gets back its own constraint.
     """
-    for _, layer, weight in prunable.prunable_layers_and_weights(model, predicate):
+    entries = prunable.prunable_layers_and_weights(model, predicate)
+    entries += prunable.prunable_layers_and_weights(
+        model,
+        lambda layer, weight: prunable.weight_name(weight) in groups.COMPANION_NAMES,
+        allow_empty=True,
+    )
+    for _, layer, weight in entries:
         constraint = variable_constraint(weight)
         if isinstance(constraint, MaskConstraint):
             _set_constraint(layer, weight, constraint.previous)

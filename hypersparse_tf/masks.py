@@ -78,7 +78,11 @@ def global_magnitude_masks(
             Defaults to `1`.
 
     Returns:
-        Dict `{"<layer name>/<weight name>": bool array}`; True = kept.
+        Dict `{"<layer name>/<weight name>": bool array}`; True = kept. With
+        `structure="channel"` it also masks the biases and the BatchNorm
+        gamma and beta of the removed channels (in Keras 3 functional
+        models), so that a removed channel is exactly 0 and `shrink` deletes
+        it; `apply_masks`, `fix_masks` and ART take them with the kernels'.
 
     Example:
 
@@ -103,7 +107,29 @@ def global_magnitude_masks(
     if predicate is None:  # the other prunable kernels stay whole
         for key, weight in prunable.prunable_weights(model).items():
             masks.setdefault(key, np.ones(weight.shape, bool))
+    masks.update(groups.companion_masks(grouping, kept))
     return masks
+
+
+def masked_weights(model, masks, predicate=None):
+    """`{key: variable}` of the weights `masks` prune: the prunable kernels,
+    and the channel companions (biases, BatchNorm gamma and beta) that channel
+    masks name besides them."""
+    weights = prunable.prunable_weights(model, predicate)
+    if not isinstance(masks, collections.abc.Mapping):
+        return weights
+    extra = set(masks) - set(weights)
+    if extra:
+        for key, _, weight in prunable.prunable_layers_and_weights(
+            model,
+            lambda layer, weight: (
+                prunable.weight_name(weight) in groups.COMPANION_NAMES
+            ),
+            allow_empty=True,
+        ):
+            if key in extra:
+                weights[key] = weight
+    return weights
 
 
 def check_masks(weights, masks, argument="masks"):
@@ -165,7 +191,9 @@ def apply_masks(model, masks, predicate=None):
     Args:
         model: A built Keras model (Keras 3 or tf_keras).
         masks: Dict `{"<layer name>/<weight name>": bool array}` with one mask
-            per prunable weight, True = kept, as `global_magnitude_masks` gives.
+            per prunable weight, True = kept, as `global_magnitude_masks` gives
+            (with channel structure, also masks of the removed channels'
+            biases and BatchNorm gamma and beta).
         predicate: Optional callable `(layer, weight) -> bool` choosing the
             prunable weights; must be the one the masks were made with.
             Defaults to `None`.
@@ -174,7 +202,7 @@ def apply_masks(model, masks, predicate=None):
         ValueError: if a mask is missing, names no prunable weight, or has the
             wrong shape or values.
     """
-    assign_masked(prunable.prunable_weights(model, predicate), masks)
+    assign_masked(masked_weights(model, masks, predicate), masks)
 
 
 def assign_masked(weights, masks):

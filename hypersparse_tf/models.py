@@ -13,6 +13,8 @@ flavour to the other layer by layer.
   weights for 10 classes).
 - `lenet_300_100`: the classic fully connected LeNet-300-100.
 - `small_cnn`: a CNN whose full-integer TFLite model fits a microcontroller.
+- `mobilenet_style`: a depthwise-separable CNN (MobileNet-style) for phones
+  and microcontrollers.
 
 Convolution and dense kernels are initialized with `he_normal` by default.
 `resnet` and `vgg19_bn` also build the reference code's exact network
@@ -459,3 +461,91 @@ def small_cnn(num_classes=10, input_shape=(28, 28, 1), *, flavour="keras"):
     x = k.layers.Flatten(name="flatten")(x)
     outputs = _classifier(k, x, num_classes)
     return k.Model(inputs, outputs, name="small_cnn")
+
+
+# (filters as a multiple of `width`, stride) of the blocks of `mobilenet_style`.
+_MOBILENET_BLOCKS = ((2, 1), (4, 2), (4, 1), (8, 2), (8, 1))
+
+
+def mobilenet_style(
+    num_classes=10,
+    input_shape=(32, 32, 3),
+    *,
+    width=16,
+    separable=False,
+    flavour="keras",
+):
+    """A MobileNet-style depthwise-separable CNN for phones and boards.
+
+    A 3x3 stride-2 convolution stem (`width` filters) + BN + ReLU, then five
+    blocks, each a 3x3 `DepthwiseConv2D` (stride 1, 2, 1, 2, 1) + BN + ReLU
+    and a 1x1 `Conv2D` (2, 4, 4, 8 and 8 times `width` filters) + BN + ReLU,
+    then a global average pool and a dense classifier; no convolution has a
+    bias (BatchNorm folds into them on export). It is the shape XNNPACK's
+    sparse inference looks for (a 3x3 stride-2 stem on 3 input channels, 1x1
+    and depthwise convolutions, a global mean at the end), and its full-integer
+    model fits a microcontroller: 35,680 prunable weights (38,634 parameters
+    with BatchNorm) and 1,149,184 multiply-adds for 32x32x3 images and 10
+    classes.
+
+    Args:
+        num_classes: Int >= 2. Number of classes. Defaults to `10`.
+        input_shape: Tuple `(height, width, channels)` of positive ints, with
+            height and width >= 8. Defaults to `(32, 32, 3)`.
+        width: Int >= 1. Filters of the stem; the blocks have 2x to 8x as
+            many. Defaults to `16`.
+        separable: Bool. Whether each block is one `SeparableConv2D` (+ BN +
+            ReLU) instead of a `DepthwiseConv2D` and a 1x1 `Conv2D` with BN
+            and ReLU after each. TFLite converts both to the same two ops.
+            Defaults to `False`.
+        flavour: `"keras"` (Keras 3) or `"tf_keras"` (Keras 2, for
+            tensorflow-model-optimization). Defaults to `"keras"`.
+
+    Returns:
+        A functional `keras.Model` (`tf_keras.Model`) named
+        `"mobilenet_style"`.
+
+    Example:
+
+    >>> model = hypersparse_tf.models.mobilenet_style(input_shape=(32, 32, 3))
+    """
+    num_classes = _check_num_classes(num_classes)
+    input_shape = _check_input_shape(
+        input_shape, rank=3, min_size=8, requirement="three stride-2 layers"
+    )
+    width = validation.check_int(width, "width", 1)
+    separable = validation.check_bool(separable, "separable")
+    k = _keras_module(flavour)
+    style = _Style(k, 0.99, 1e-3, _INITIALIZER)
+    inputs = k.Input(input_shape, name="image")
+    x = _conv_bn_relu(k, inputs, width, "stem", strides=2, style=style)
+    for index, (multiple, strides) in enumerate(_MOBILENET_BLOCKS, start=1):
+        name = f"block{index}"
+        if separable:
+            x = k.layers.SeparableConv2D(
+                multiple * width,
+                3,
+                strides=strides,
+                padding="same",
+                use_bias=False,
+                depthwise_initializer=_INITIALIZER,
+                pointwise_initializer=_INITIALIZER,
+                name=f"{name}_sep",
+            )(x)
+        else:
+            x = k.layers.DepthwiseConv2D(
+                3,
+                strides=strides,
+                padding="same",
+                use_bias=False,
+                depthwise_initializer=_INITIALIZER,
+                name=f"{name}_dw",
+            )(x)
+            x = style.batchnorm(x, f"{name}_dw_bn")
+            x = k.layers.ReLU(name=f"{name}_dw_relu")(x)
+            x = style.conv(x, multiple * width, 1, f"{name}_pw")
+        x = style.batchnorm(x, f"{name}_bn")
+        x = k.layers.ReLU(name=f"{name}_relu")(x)
+    x = k.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = _classifier(k, x, num_classes)
+    return k.Model(inputs, outputs, name="mobilenet_style")

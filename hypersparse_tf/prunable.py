@@ -135,6 +135,8 @@ def layer_attribute(layer, weight, kind):
         the depthwise kernel of a SeparableConv) or `"pointwise_<kind>"`.
     """
     name = weight_name(weight)
+    if name in ("bias", "gamma", "beta"):
+        return f"{name}_{kind}"
     if name == "pointwise_kernel":
         return f"pointwise_{kind}"
     if name == "depthwise_kernel" or hasattr(layer, f"depthwise_{kind}"):

@@ -154,5 +154,24 @@ def summary_table(summary):
                 f"| {row['artifact']} bytes (gzip) | {row['bytes']:,d} "
                 f"({row['gzip_bytes']:,d}) |"
             )
+        rows = {row["artifact"]: row for row in report["artifacts"]}
+        if "micro_int8" in rows and "micro_int8_shrunk" in rows:
+            # What removing channels bought on the board (shrink).
+            full, small = rows["micro_int8"], rows["micro_int8_shrunk"]
+            for what, key in (("flash bytes", "bytes"), ("arena bytes", "arena_bytes")):
+                lines.append(
+                    f"| board model {what}: shrunk / unshrunk | "
+                    f"{small[key]:,d} / {full[key]:,d} "
+                    f"({small[key] / full[key]:.2f}x) |"
+                )
+            lines.append(
+                f"| board model MACs: shrunk / unshrunk | {small['macs']:,d} / "
+                f"{full['macs']:,d} (removed {1 - small['macs'] / full['macs']:.1%}) |"
+            )
+            lines.append(
+                f"| board model parameters: shrunk / unshrunk | "
+                f"{small['parameters']:,d} / {full['parameters']:,d} (removed "
+                f"{1 - small['parameters'] / full['parameters']:.1%}) |"
+            )
     lines.append(f"| wall time | {summary.get('wall_seconds', 0):.0f} s |")
     return "\n".join(lines)

@@ -13,12 +13,20 @@ constant 0 is dropped everywhere; another constant is folded into the bias of a
 `Dense` layer, or of a convolution with `padding="valid"` (with `"same"`
 padding, the border outputs would change, so the channel stays).
 
-Channels are tracked through `Dense`, `Conv1D/2D/3D`, `BatchNormalization`,
-element-wise activations, dropout and noise layers, pooling, `Flatten` and the
-merge layers `Add`, `Subtract`, `Average`, `Maximum`, `Minimum` (residual
-connections: the channels of all merged tensors go or stay together). The
-channels next to any other layer, and those of the model's inputs and outputs,
-stay: what `shrink` does not understand, it leaves alone.
+Channels are tracked through `Dense`, `Conv1D/2D/3D`, `SeparableConv1D/2D`,
+`DepthwiseConv1D/2D` (with `depth_multiplier=1`: channel `c` in, channel `c`
+out, removed with its filter), `BatchNormalization`, element-wise activations,
+dropout and noise layers, pooling, cropping, upsampling, zero padding (which
+passes a constant 0 on), `Flatten` and the merge layers `Add`, `Subtract`,
+`Average`, `Maximum`, `Minimum` (residual connections: the channels of all
+merged tensors go or stay together). A constant folds into a 1x1 convolution
+whatever its padding. The channels next to any other layer, and those of the
+model's inputs and outputs, stay: what `shrink` does not understand, it leaves
+alone.
+
+Channel masks (`global_magnitude_masks(structure="channel")`, ART with a
+channel-structured HyperSparse) also zero the removed channels' biases and
+BatchNorm gamma and beta, so that those channels are exactly 0 and all go.
 """
 
 import keras
@@ -48,20 +56,81 @@ def _weights(layer):
     return {prunable.weight_name(w): np.array(w.numpy()) for w in layer.weights}
 
 
-def _kernel_rows_zero(kernel):
+def _rows_zero(kernel):
     """Per input channel (axis -2 of a kernel): whether all its weights are 0."""
     axes = tuple(i for i in range(kernel.ndim) if i != kernel.ndim - 2)
     return ~np.any(kernel != 0, axis=axes)
 
 
-def _kernel_row_sums(kernel):
-    """Per input channel: its weights summed over the kernel's window."""
+def _window_sums(kernel):
+    """Per input channel: its weights summed over the kernel's window,
+    `(in_channels, out_channels)`."""
     return kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1]).sum(axis=0)
 
 
+def _one_by_one(layer):
+    """Whether every kernel window of a convolution is a single position."""
+    return all(int(size) == 1 for size in layer.kernel_size)
+
+
 def _can_fold(layer):
-    """Whether a constant input channel of `layer` folds exactly into its bias."""
-    return type(layer) in channel_graph.DENSE or layer.padding == "valid"
+    """Whether a constant input channel of `layer` folds exactly into its bias
+    (a Dense layer, or a convolution that never reads padding)."""
+    if type(layer) in channel_graph.DENSE:
+        return True
+    return layer.padding == "valid" or _one_by_one(layer)
+
+
+def _input_ignored(layer, weights):
+    """Per input channel of a producer: whether the layer ignores it."""
+    if type(layer) in channel_graph.SEPARABLE:
+        return _rows_zero(weights["depthwise_kernel"]) | _rows_zero(
+            weights["pointwise_kernel"]
+        )
+    return _rows_zero(weights["kernel"])
+
+
+def _input_sums(layer, weights):
+    """Per input channel of a producer: what a constant 1 on it adds to each
+    output (`(in_channels, out_channels)`), away from any padding."""
+    if type(layer) in channel_graph.SEPARABLE:
+        depthwise = _window_sums(weights["depthwise_kernel"])  # (in, 1)
+        pointwise = weights["pointwise_kernel"]
+        return depthwise * pointwise.reshape(pointwise.shape[-2:])
+    return _window_sums(weights["kernel"])
+
+
+def _output_kernel(layer, weights):
+    """The kernel whose last axis is a producer's output channels."""
+    if type(layer) in channel_graph.SEPARABLE:
+        return weights["pointwise_kernel"]
+    return weights["kernel"]
+
+
+def _compress_inputs(layer, weights, keep):
+    names = ("depthwise_kernel", "pointwise_kernel")
+    if type(layer) not in channel_graph.SEPARABLE:
+        names = ("kernel",)
+    for name in names:
+        weights[name] = np.compress(keep, weights[name], axis=-2)
+
+
+def _compress_outputs(layer, weights, keep, kind):
+    for name, value in weights.items():
+        if kind == "depthwise" and name == "kernel":
+            axis = -2  # (*window, channels, 1)
+        elif name == "depthwise_kernel":
+            continue  # a SeparableConv's input side
+        else:
+            axis = -1
+        weights[name] = np.compress(keep, value, axis=axis)
+
+
+_WEIGHTED = ("producer", "batchnorm", "depthwise")
+
+
+def _activate(layer, value):
+    return keras.ops.convert_to_numpy(layer.activation(value[None]))[0]
 
 
 class _Shrinker:
@@ -71,13 +140,14 @@ class _Shrinker:
         self.units = {}  # layer name -> new number of output channels
         self.use_bias = {}  # layer name -> True where a bias had to be added
         for node, kind in zip(self.graph.nodes, self.graph.kind, strict=True):
-            if kind in ("producer", "batchnorm"):
+            if kind in _WEIGHTED:
                 self.state[node.operation.name] = _weights(node.operation)
 
     def _bias(self, layer):
         weights = self.state[layer.name]
         if "bias" not in weights:
-            weights["bias"] = np.zeros(weights["kernel"].shape[-1], np.float32)
+            width = _output_kernel(layer, weights).shape[-1]
+            weights["bias"] = np.zeros(width, np.float32)
             self.use_bias[layer.name] = True
         return weights["bias"]
 
@@ -93,11 +163,15 @@ class _Shrinker:
             output = node.output_tensors[0]
             if kind == "producer":
                 weights = self.state[layer.name]
-                kernel = weights["kernel"]
+                kernel = _output_kernel(layer, weights)
                 dead = ~np.any(kernel.reshape(-1, kernel.shape[-1]) != 0, axis=0)
                 bias = weights.get("bias", np.zeros(kernel.shape[-1], np.float32))
-                value = keras.ops.convert_to_numpy(layer.activation(bias[None]))[0]
-                constant[id(output)] = (dead, value)
+                constant[id(output)] = (dead, _activate(layer, bias))
+                continue
+            if kind == "depthwise":
+                constant[id(output)] = self._depthwise(
+                    layer, constant.get(id(inputs[0]))
+                )
                 continue
             known = [constant.get(id(tensor)) for tensor in inputs]
             if any(item is None for item in known):
@@ -112,6 +186,8 @@ class _Shrinker:
                 mask, value = np.tile(masks[0], spatial), np.tile(values[0], spatial)
             elif kind == "batchnorm":
                 mask, value = masks[0], self._batchnorm(layer, values[0])
+            elif kind == "padding":  # the border is 0
+                mask, value = masks[0] & (values[0] == 0), values[0]
             elif kind == "activation":
                 mask = masks[0]
                 value = keras.ops.convert_to_numpy(layer(values[0][None]))[0]
@@ -119,6 +195,26 @@ class _Shrinker:
                 mask, value = masks[0], values[0]
             constant[id(output)] = (mask, np.asarray(value, np.float32))
         return constant
+
+    def _depthwise(self, layer, known):
+        """(is constant, value) per output channel of a depthwise layer: a
+        channel whose kernel is 0 holds `activation(bias)`; a constant input
+        `v` gives `activation(v * sum(kernel) + bias)` where no padding is
+        read, or where `v` is 0."""
+        weights = self.state[layer.name]
+        kernel = weights["kernel"]
+        sums = _window_sums(kernel)[:, 0]
+        dead = _rows_zero(kernel)
+        pre = weights.get("bias", np.zeros(len(sums), np.float32)).copy()
+        mask = dead
+        if known is not None:
+            constant_in, value_in = known
+            exact = constant_in & (
+                (layer.padding == "valid") | _one_by_one(layer) | (value_in == 0)
+            )
+            pre = pre + np.where(exact, value_in * sums, 0.0)
+            mask = dead | exact
+        return mask, _activate(layer, pre.astype(np.float32))
 
     def _batchnorm(self, layer, value):
         weights = self.state[layer.name]
@@ -142,8 +238,7 @@ class _Shrinker:
             if graph.fixed[group]:
                 continue
             size, repeat = graph.size[group], graph.repeat(tensor)
-            kernel = self.state[layer.name]["kernel"]
-            ok = _kernel_rows_zero(kernel)
+            ok = _input_ignored(layer, self.state[layer.name])
             if id(tensor) in constant:
                 mask, value = constant[id(tensor)]
                 foldable = _can_fold(layer) | (value == 0)
@@ -163,16 +258,16 @@ class _Shrinker:
                 continue
             gone = np.tile(removable[group], graph.repeat(tensor))
             weights = self.state[layer.name]
-            kernel = weights["kernel"]
             if id(tensor) in constant:
                 mask, value = constant[id(tensor)]
-                fold = gone & mask & (value != 0) & ~_kernel_rows_zero(kernel)
+                ignored = _input_ignored(layer, weights)
+                fold = gone & mask & (value != 0) & ~ignored
                 if fold.any():
-                    sums = _kernel_row_sums(kernel)[fold]
+                    sums = _input_sums(layer, weights)[fold]
                     self._bias(layer)[...] += value[fold] @ sums
-            weights["kernel"] = np.compress(~gone, kernel, axis=-2)
+            _compress_inputs(layer, weights, ~gone)
         for node, kind in zip(graph.nodes, graph.kind, strict=True):
-            if kind not in ("producer", "batchnorm"):
+            if kind not in _WEIGHTED:
                 continue
             output = node.output_tensors[0]
             group = graph.group(output)
@@ -180,8 +275,7 @@ class _Shrinker:
                 continue
             keep = ~np.tile(removable[group], graph.repeat(output))
             weights = self.state[node.operation.name]
-            for name, value in weights.items():
-                weights[name] = np.compress(keep, value, axis=-1)
+            _compress_outputs(node.operation, weights, keep, kind)
             if kind == "producer":
                 self.units[node.operation.name] = int(keep.sum())
         for group, gone in removable.items():

@@ -209,7 +209,12 @@ def to_tfmot(model, masks, predicate=None):
     >>> final = tfmot.sparsity.keras.strip_pruning(pruned)
     """
     _check_tf_keras_model(model)
-    entries = prunable.prunable_layers_and_weights(model, predicate)
+    # The prunable kernels, and with channel masks the removed channels'
+    # biases and BatchNorm gamma/beta.
+    named = {id(w) for w in masks_lib.masked_weights(model, masks, predicate).values()}
+    entries = prunable.prunable_layers_and_weights(
+        model, lambda layer, weight: id(weight) in named
+    )
     checked = masks_lib.check_masks({key: w for key, _, w in entries}, masks)
     tfmot = import_tfmot()
     import tf_keras

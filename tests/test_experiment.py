@@ -350,8 +350,15 @@ def test_channel_structure_end_to_end_makes_the_board_model_smaller(tmp_path):
     removed = {
         k: int((~masks[k].reshape(-1, masks[k].shape[-1]).any(axis=0)).sum())
         for k in masks.files
+        if k.endswith("kernel")
     }
     assert sum(removed.values()) == 24  # floor(0.5 * (16 + 32)) channels
+    for block in (1, 2):  # the BatchNorm of a removed channel is masked too
+        kernel = masks[f"block{block}_conv/kernel"]
+        for name in ("gamma", "beta"):
+            np.testing.assert_array_equal(
+                masks[f"block{block}_bn/{name}"], kernel.any(axis=(0, 1, 2))
+            )
     rows = {r["artifact"]: r for r in summary["deployment_report"]["artifacts"]}
     assert rows["micro_int8_shrunk"]["bytes"] < 0.8 * rows["micro_int8"]["bytes"]
     assert rows["micro_int8_shrunk"]["arena_bytes"] < rows["micro_int8"]["arena_bytes"]

@@ -71,7 +71,15 @@ def test_channel_groups_of_every_layer_kind():
         "separable/depthwise_kernel": (4, 9),
         "separable/pointwise_kernel": (5, 4),  # 5 filters of 1x1x4
     }
-    assert reg.grouping.num_groups == 17
+    # A depthwise filter joins the group of the channel it filters: channel c
+    # of "conv" is filtered by "depthwise" and then by "separable"'s depthwise
+    # kernel, one group of 27 + 9 + 9 weights; the pointwise filters are 5
+    # more groups.
+    by_key = {k.key: k for k in reg.grouping.kernels}
+    for key in ("depthwise/kernel", "separable/depthwise_kernel"):
+        np.testing.assert_array_equal(by_key[key].ids, by_key["conv/kernel"].ids)
+    assert reg.grouping.num_groups == 9
+    np.testing.assert_array_equal(reg.grouping.sizes, [45] * 4 + [4] * 5)
 
 
 def test_channels_that_meet_in_an_add_are_one_group():
@@ -200,6 +208,11 @@ def test_art_with_channel_structure_prunes_whole_units():
     assert int(gone_a.sum()) + int(np.all(c == 0, axis=0).sum()) == 14  # of 28
     for kernel in (a, b, c):  # whole units or nothing
         assert np.all((kernel != 0).all(axis=0) | (kernel == 0).all(axis=0))
+    for name in "abc":  # a removed unit's bias is 0 too, through fine-tuning
+        layer = model.get_layer(name)
+        gone = np.all(layer.kernel.numpy() == 0, axis=0)
+        assert np.all(layer.bias.numpy()[gone] == 0)
+        assert np.all(art.masks[f"{name}/bias"] == ~gone)
 
 
 def test_structured_config_round_trip(tmp_path):
@@ -253,11 +266,23 @@ def test_structured_attach_bad_models_change_nothing():
 def test_global_magnitude_masks_by_channel_shrink_to_a_smaller_model():
     model = _residual(seed=4)
     masks = hypersparse_tf.global_magnitude_masks(model, 0.5, structure="channel")
-    assert list(masks) == ["a/kernel", "b/kernel", "c/kernel", "out/kernel"]
+    assert list(masks) == [
+        "a/kernel",
+        "b/kernel",
+        "c/kernel",
+        "out/kernel",
+        "a/bias",  # the removed units' biases go with them
+        "b/bias",
+        "c/bias",
+    ]
     assert masks["out/kernel"].all()  # the classes stay
     gone_a = ~masks["a/kernel"].any(axis=0)
     np.testing.assert_array_equal(gone_a, ~masks["b/kernel"].any(axis=0))
     assert int(gone_a.sum()) + int((~masks["c/kernel"].any(axis=0)).sum()) == 14
+    for name in "abc":
+        np.testing.assert_array_equal(
+            masks[f"{name}/bias"], masks[f"{name}/kernel"].any(axis=0)
+        )
     hypersparse_tf.apply_masks(model, masks)
     small = hypersparse_tf.shrink(model)
     assert small.get_layer("a").units == small.get_layer("b").units == 16 - gone_a.sum()
@@ -319,3 +344,82 @@ def test_block_structure_exports_to_litert_sparse_kernels_without_densify():
     )
     assert "DENSIFY" in unstructured["operators"]
     assert set(unstructured["sparse_blocks"].values()) == {None}
+
+
+def _conv_bn_model(seed=0):
+    """3x3 "same" convolutions with BatchNorm: a channel whose kernel is 0
+    holds BatchNorm's beta, which the next 3x3 convolution reads differently
+    at the border."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 3))
+    x = inputs
+    for index, filters in enumerate((8, 12), start=1):
+        x = keras.layers.Conv2D(filters, 3, padding="same", name=f"conv{index}")(x)
+        x = keras.layers.BatchNormalization(name=f"bn{index}")(x)
+        x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="out")(x))
+    conv1 = model.get_layer("conv1")  # smaller: channel pruning reaches it
+    conv1.kernel.assign(conv1.kernel.numpy() * 0.3)
+    rng = np.random.default_rng(seed)
+    for index in (1, 2):
+        bn = model.get_layer(f"bn{index}")
+        size = bn.gamma.shape[0]
+        bn.set_weights(
+            [
+                rng.uniform(0.5, 1.5, size),
+                rng.uniform(0.2, 1.0, size),  # beta > 0: ReLU keeps it
+                rng.normal(0, 0.3, size),
+                rng.uniform(0.5, 1.5, size),
+            ]
+        )
+    return model
+
+
+def test_channel_masks_zero_biases_and_batchnorm_so_shrink_deletes_exactly():
+    model = _conv_bn_model()
+    masks = hypersparse_tf.global_magnitude_masks(model, 0.5, structure="channel")
+    kept = {n: masks[f"conv{n}/kernel"].any(axis=(0, 1, 2)) for n in (1, 2)}
+    assert sum(int((~k).sum()) for k in kept.values()) == 10  # floor(0.5 * 20)
+    assert not kept[1].all()
+    for n in (1, 2):
+        for key in (f"conv{n}/bias", f"bn{n}/gamma", f"bn{n}/beta"):
+            np.testing.assert_array_equal(masks[key], kept[n])
+    hypersparse_tf.apply_masks(model, masks)
+    x = np.random.default_rng(1).normal(size=(4, 8, 8, 3)).astype("float32")
+    features = keras.Model(model.inputs, model.get_layer("bn1").output)(x)
+    assert np.all(keras.ops.convert_to_numpy(features)[..., ~kept[1]] == 0)
+    small = hypersparse_tf.shrink(model)
+    for n in (1, 2):  # every removed channel goes, none other
+        assert small.get_layer(f"conv{n}").filters == int(kept[n].sum())
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)
+
+
+def test_channel_masks_without_their_batchnorm_masks_leave_channels_behind():
+    model = _conv_bn_model()
+    masks = hypersparse_tf.global_magnitude_masks(model, 0.5, structure="channel")
+    kernels_only = {k: v for k, v in masks.items() if k.endswith("kernel")}
+    hypersparse_tf.apply_masks(model, kernels_only)
+    small = hypersparse_tf.shrink(model)
+    # conv1's removed channels hold beta > 0, read by a "same" 3x3 conv.
+    kept = int(masks["conv1/kernel"].any(axis=(0, 1, 2)).sum())
+    assert small.get_layer("conv1").filters > kept
+
+
+def test_fix_masks_keeps_removed_channels_zero_through_training():
+    model = _conv_bn_model()
+    masks = hypersparse_tf.global_magnitude_masks(model, 0.5, structure="channel")
+    hypersparse_tf.fix_masks(model, masks)
+    model.compile(optimizer="adam", loss="mse")
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(32, 8, 8, 3)).astype("float32")
+    model.fit(x, rng.normal(size=(32, 3)), epochs=2, verbose=0)
+    for n in (1, 2):
+        gone = ~masks[f"conv{n}/kernel"].any(axis=(0, 1, 2))
+        bn = model.get_layer(f"bn{n}")
+        assert np.all(bn.gamma.numpy()[gone] == 0)
+        assert np.all(bn.beta.numpy()[gone] == 0)
+        assert np.all(bn.beta.numpy()[~gone] != 0)
+        assert np.all(model.get_layer(f"conv{n}").bias.numpy()[gone] == 0)
+    hypersparse_tf.release_masks(model)
+    assert model.get_layer("bn1").beta.constraint is None

@@ -74,12 +74,12 @@ def _bad_masks(model):
     good = hypersparse_tf.global_magnitude_masks(model, 0.9)
     missing = dict(good)
     del missing["separable/pointwise_kernel"]
-    extra = dict(good, **{"dense/bias": np.ones(3, bool)})
+    extra = dict(good, **{"bn/moving_mean": np.ones(4, bool)})
     wrong_shape = dict(good, **{"dense/kernel": np.ones((3, 20), bool)})
     not_binary = dict(good, **{"dense/kernel": np.full((20, 3), 0.5)})
     return [
         (missing, ValueError, "no mask for the prunable weight 'separable/pointwise"),
-        (extra, ValueError, "key 'dense/bias' names no prunable weight"),
+        (extra, ValueError, "key 'bn/moving_mean' names no prunable weight"),
         (wrong_shape, ValueError, r"mask of 'dense/kernel' has shape \(3, 20\)"),
         (not_binary, ValueError, "'dense/kernel' holds values other than 0/1"),
         ([1, 2], TypeError, "argument `masks`"),

@@ -236,8 +236,14 @@ def test_small_cnn_input_below_4_raises():
 
 @pytest.mark.parametrize(
     "build",
-    [models.resnet, models.vgg19_bn, models.lenet_300_100, models.small_cnn],
-    ids=["resnet", "vgg19_bn", "lenet_300_100", "small_cnn"],
+    [
+        models.resnet,
+        models.vgg19_bn,
+        models.lenet_300_100,
+        models.small_cnn,
+        models.mobilenet_style,
+    ],
+    ids=["resnet", "vgg19_bn", "lenet_300_100", "small_cnn", "mobilenet_style"],
 )
 def test_models_conv_and_dense_names_are_unique(build):
     kwargs = {"depth": 8} if build is models.resnet else {}
@@ -247,8 +253,14 @@ def test_models_conv_and_dense_names_are_unique(build):
 
 @pytest.mark.parametrize(
     "build",
-    [models.resnet, models.vgg19_bn, models.lenet_300_100, models.small_cnn],
-    ids=["resnet", "vgg19_bn", "lenet_300_100", "small_cnn"],
+    [
+        models.resnet,
+        models.vgg19_bn,
+        models.lenet_300_100,
+        models.small_cnn,
+        models.mobilenet_style,
+    ],
+    ids=["resnet", "vgg19_bn", "lenet_300_100", "small_cnn", "mobilenet_style"],
 )
 @pytest.mark.parametrize("num_classes", [1, 0, 2.0, True, None])
 def test_models_num_classes_below_2_raises(build, num_classes):
@@ -272,8 +284,8 @@ def test_models_num_classes_2_is_accepted():
 )
 @pytest.mark.parametrize(
     "build",
-    [models.resnet, models.vgg19_bn, models.small_cnn],
-    ids=["resnet", "vgg19_bn", "small_cnn"],
+    [models.resnet, models.vgg19_bn, models.small_cnn, models.mobilenet_style],
+    ids=["resnet", "vgg19_bn", "small_cnn", "mobilenet_style"],
 )
 def test_models_bad_input_shape_raises(build, input_shape):
     with pytest.raises(
@@ -289,11 +301,59 @@ def test_lenet_300_100_bad_input_shape_raises(input_shape):
         models.lenet_300_100(input_shape=input_shape)
 
 
+def test_mobilenet_style_layers_and_counts():
+    model = models.mobilenet_style()
+    shapes = dict(prunable_shapes(model))
+    assert shapes["stem_conv/kernel"] == (3, 3, 3, 16)
+    assert shapes["block1_dw/kernel"] == (3, 3, 16, 1)
+    assert shapes["block5_pw/kernel"] == (1, 1, 128, 128)
+    assert shapes["predictions/kernel"] == (128, 10)
+    assert sum(np.prod(shape) for shape in shapes.values()) == 35_680
+    assert model.count_params() == 38_634
+    assert model.output_shape == (None, 10)
+    # Three stride-2 layers: 32 -> 16 -> 8 -> 4.
+    assert model.get_layer("block5_relu").output.shape == (None, 4, 4, 128)
+
+
+def test_mobilenet_style_separable_has_the_same_kernels_in_one_layer():
+    depthwise = models.mobilenet_style(width=4)
+    separable = models.mobilenet_style(width=4, separable=True)
+    assert separable.get_layer("block2_sep").strides == (2, 2)
+    split = dict(prunable_shapes(depthwise))
+    joined = dict(prunable_shapes(separable))
+    assert joined["block3_sep/depthwise_kernel"] == split["block3_dw/kernel"]
+    assert joined["block3_sep/pointwise_kernel"] == split["block3_pw/kernel"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"width": 0}, "width"),
+        ({"width": 2.0}, "width"),
+        ({"separable": "yes"}, "separable"),
+        ({"input_shape": (7, 32, 3)}, "input_shape"),
+    ],
+)
+def test_mobilenet_style_bad_arguments(kwargs, argument):
+    with pytest.raises((ValueError, TypeError), match=f"argument `{argument}`"):
+        models.mobilenet_style(**kwargs)
+
+
 # ----------------------------------------------------------------- flavour
 
 TWINS = {
     "lenet_300_100": (models.lenet_300_100, {}, (28, 28, 1)),
     "small_cnn": (models.small_cnn, {"input_shape": (8, 8, 1)}, (8, 8, 1)),
+    "mobilenet_style": (
+        models.mobilenet_style,
+        {"input_shape": (16, 16, 3), "width": 4},
+        (16, 16, 3),
+    ),
+    "mobilenet_style_separable": (
+        models.mobilenet_style,
+        {"input_shape": (16, 16, 3), "width": 4, "separable": True},
+        (16, 16, 3),
+    ),
     "resnet": (
         models.resnet,
         {"depth": 8, "width": 8, "input_shape": (16, 16, 3)},

@@ -16,7 +16,9 @@ def _assert_same_outputs(old, new, x):
     reference = _outputs(old, x)
     result = _outputs(new, x)
     assert result.shape == reference.shape
-    assert np.max(np.abs(result - reference)) < 1e-5
+    # shrink's own bound: 1e-5 of the output scale (float32 sums reordered).
+    scale = max(1.0, float(np.max(np.abs(reference))))
+    assert np.max(np.abs(result - reference)) < 1e-5 * scale
 
 
 def _normal_weights(model, seed=0):
@@ -303,4 +305,112 @@ def test_shrink_checks_outputs_on_given_inputs():
     _kill_units(model)
     x = np.random.default_rng(7).normal(size=(4, 6)).astype("float32")
     small = shrink(model, verify_inputs=x)
+    _assert_same_outputs(model, small, x)
+
+
+# ------------------------------------------- depthwise, separable, padding
+
+
+def _channel_prune(model, rate):
+    masks = hypersparse_tf.global_magnitude_masks(model, rate, structure="channel")
+    hypersparse_tf.apply_masks(model, masks)
+    return masks
+
+
+def _kept_columns(mask):
+    """Output channels of a kernel mask that keep any weight."""
+    return int(np.any(mask.reshape(-1, mask.shape[-1]), axis=0).sum())
+
+
+@pytest.mark.parametrize("separable", [False, True], ids=["depthwise", "separable"])
+def test_shrink_deletes_the_channels_channel_masks_remove_in_a_mobilenet(separable):
+    keras.utils.set_random_seed(0)
+    model = hypersparse_tf.models.mobilenet_style(
+        input_shape=(16, 16, 3), width=4, separable=separable
+    )
+    _normal_weights(model)
+    masks = _channel_prune(model, 0.5)
+    small = shrink(model)
+    suffix = "_sep/pointwise_kernel" if separable else "_pw/kernel"
+    layer = "_sep" if separable else "_pw"
+    for index in range(1, 6):
+        kept = _kept_columns(masks[f"block{index}{suffix}"])
+        assert small.get_layer(f"block{index}{layer}").filters == kept
+        if not separable:
+            # The next depthwise filters exactly the channels that stay.
+            following = f"block{index + 1}_dw" if index < 5 else None
+            if following:
+                kernel = small.get_layer(following).get_weights()[0]
+                assert kernel.shape[-2] == kept
+    assert small.get_layer("stem_conv").filters == _kept_columns(
+        masks["stem_conv/kernel"]
+    )
+    assert small.count_params() < 0.7 * model.count_params()
+    x = np.random.default_rng(7).normal(size=(8, 16, 16, 3)).astype("float32")
+    _assert_same_outputs(model, small, x)
+    cost, small_cost = map(hypersparse_tf.model_cost, (model, small))
+    assert small_cost["macs"] < cost["macs"]
+
+
+def _depthwise_model(padding, filters_zero):
+    """conv (no bias) + BN + ReLU + depthwise 3x3 + 1x1 conv: channel 0 of
+    "conv" is zero, so it holds BatchNorm's non-zero constant."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.DepthwiseConv2D(3, padding=padding, name="dw")(x)
+    x = keras.layers.Conv2D(3, 1, padding="same", name="pw")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(x))
+    conv = model.get_layer("conv")
+    kernel = conv.get_weights()[0]
+    kernel[..., 0] = 0.0
+    conv.set_weights([kernel])
+    model.get_layer("bn").set_weights(
+        [np.full(4, value, "float32") for value in (0.5, 0.2, -1.0, 0.999)]
+    )
+    if filters_zero:
+        dw = model.get_layer("dw")
+        dw_kernel, dw_bias = dw.get_weights()
+        dw_kernel[..., 0, :] = 0.0
+        dw.set_weights([dw_kernel, dw_bias + 0.3])
+    return model
+
+
+@pytest.mark.parametrize(
+    "padding, filters_zero, filters",
+    [
+        ("valid", False, 3),  # the constant passes the depthwise: folds
+        ("same", False, 4),  # its border differs: the channel stays
+        ("same", True, 3),  # a zero filter holds its bias: folds into the 1x1
+    ],
+)
+def test_shrink_follows_constants_through_a_depthwise_layer(
+    padding, filters_zero, filters
+):
+    model = _depthwise_model(padding, filters_zero)
+    small = shrink(model)
+    assert small.get_layer("conv").filters == filters
+    assert small.get_layer("dw").get_weights()[0].shape == (3, 3, filters, 1)
+    assert small.get_layer("pw").get_weights()[0].shape == (1, 1, filters, 3)
+    x = np.random.default_rng(8).normal(size=(4, 6, 6, 2)).astype("float32")
+    _assert_same_outputs(model, small, x)
+
+
+def test_shrink_follows_zero_padding():
+    keras.utils.set_random_seed(0)
+    model = hypersparse_tf.models.resnet(
+        8, input_shape=(8, 8, 3), width=4, symmetric_padding=True
+    )
+    assert any(isinstance(x, keras.layers.ZeroPadding2D) for x in model.layers)
+    _normal_weights(model)
+    masks = _channel_prune(model, 0.5)
+    small = shrink(model)
+    for key, mask in masks.items():
+        layer, name = key.split("/")
+        if layer != "predictions" and name == "kernel":
+            assert small.get_layer(layer).filters == _kept_columns(mask), key
+    x = np.random.default_rng(9).normal(size=(4, 8, 8, 3)).astype("float32")
     _assert_same_outputs(model, small, x)

@@ -4,6 +4,8 @@ Reads the flatbuffer with the TFLite schema and runs nothing: what
 `to_tflite` checks before it returns a model, and what the reports count.
 """
 
+import math
+
 import numpy as np
 
 EXTRA = 'pip install "hypersparse_tf[export]"'
@@ -91,6 +93,12 @@ def inspect_tflite(tflite_bytes):
         - `"inputs"`, `"outputs"`: lists of dicts with `name`, `shape`,
           `dtype` (e.g. `"int8"`), `scale` and `zero_point` (arrays, or `None`
           for a tensor without quantization).
+        - `"parameters"`: number of values stored in those tensors, zeros
+          included (a sparse tensor counts its stored values).
+        - `"macs"`: multiply-accumulates of one inference of the first
+          subgraph (batch 1) in its `CONV_2D`, `DEPTHWISE_CONV_2D`,
+          `TRANSPOSE_CONV` and `FULLY_CONNECTED` ops, counted dense (a kernel
+          that skips zeros runs fewer).
         - `"nonzero_parameters"`: number of non-zero values stored in the
           constant tensors of float and int8/int16 type and in quantized int32
           tensors (int8 biases); shape constants are not counted. BatchNorm is
@@ -116,7 +124,7 @@ def inspect_tflite(tflite_bytes):
             name = f"CUSTOM:{custom_name}"
         operators.add(name)
     sparse, inputs, outputs, blocks = [], [], [], {}
-    nonzero = 0
+    nonzero = stored = macs = 0
     for s in range(model.SubgraphsLength()):
         subgraph = model.Subgraphs(s)
         for index in range(subgraph.TensorsLength()):
@@ -124,8 +132,11 @@ def inspect_tflite(tflite_bytes):
             if tensor.Sparsity() is not None:
                 sparse.append(tensor.Name().decode())
                 blocks[tensor.Name().decode()] = _block_shape(tensor)
-            nonzero += _count_nonzero(model, tensor, type_names, data)
+            count, size = _count_nonzero(model, tensor, type_names, data)
+            nonzero += count
+            stored += size
         if s == 0:
+            macs = _macs(model, subgraph, names)
             for index in range(subgraph.InputsLength()):
                 tensor = subgraph.Tensors(subgraph.Inputs(index))
                 inputs.append(_tensor_details(schema, tensor, type_names))
@@ -140,7 +151,37 @@ def inspect_tflite(tflite_bytes):
         "inputs": inputs,
         "outputs": outputs,
         "nonzero_parameters": nonzero,
+        "parameters": stored,
+        "macs": macs,
     }
+
+
+def _macs(model, subgraph, names):
+    """Dense multiply-accumulates of one inference (batch 1) of a subgraph."""
+
+    def shape(position, operator):
+        tensor = subgraph.Tensors(int(operator.Inputs(position)))
+        return [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else []
+
+    total = 0
+    for index in range(subgraph.OperatorsLength()):
+        operator = subgraph.Operators(index)
+        code = model.OperatorCodes(operator.OpcodeIndex())
+        name = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()))
+        output = subgraph.Tensors(int(operator.Outputs(0)))
+        out = [int(d) for d in output.ShapeAsNumpy()] if output.ShapeLength() else []
+        outputs = math.prod(max(d, 1) for d in out[1:])  # batch 1
+        if name == "CONV_2D":  # filter (out, kh, kw, in / groups)
+            total += outputs * math.prod(shape(1, operator)[1:])
+        elif name == "DEPTHWISE_CONV_2D":  # filter (1, kh, kw, channels)
+            total += outputs * math.prod(shape(1, operator)[1:3])
+        elif name == "FULLY_CONNECTED":  # filter (units, in)
+            total += outputs * shape(1, operator)[-1]
+        elif name == "TRANSPOSE_CONV":  # filter (out, kh, kw, in), input 2
+            filter_shape = shape(1, operator)
+            inputs = math.prod(max(d, 1) for d in shape(2, operator)[1:])
+            total += inputs * math.prod(filter_shape[:3])
+    return int(total)
 
 
 def _block_shape(tensor):
@@ -168,17 +209,17 @@ def _count_nonzero(model, tensor, type_names, data):
     if type_name not in ("FLOAT32", "FLOAT16", "INT8", "INT16") and not (
         type_name in ("INT32", "INT64") and quantized
     ):
-        return 0
+        return 0, 0
     if tensor.Buffer() <= 0 or tensor.Buffer() >= model.BuffersLength():
-        return 0
+        return 0, 0
     buffer = model.Buffers(tensor.Buffer())
     raw = buffer.DataAsNumpy() if buffer.DataLength() else None
     if raw is None and buffer.Offset() > 1:
         raw = np.frombuffer(data, np.uint8, buffer.Size(), buffer.Offset())
     if raw is None or not len(raw):
-        return 0
+        return 0, 0
     values = np.asarray(raw, np.uint8).view(_NUMPY_TYPES[type_name])
-    return int(np.count_nonzero(values))
+    return int(np.count_nonzero(values)), int(values.size)
 
 
 def check_micro_flatbuffer(info, subject):

@@ -133,7 +133,11 @@ def deployment_report(
     Returns:
         Dict with `"model"`, `"num_samples"` and `"artifacts"`: a list of dicts
         with `artifact`, `bytes`, `gzip_bytes`, `nonzero_parameters`,
-        `arena_bytes` (micro only, else `None`), `accuracy`, `agreement` (the
+        `arena_bytes` (micro only, else `None`), `parameters` (values
+        stored, zeros included; the Keras model's `count_params()`), `macs` (dense
+        multiply-accumulates of one inference: `model_cost` for the Keras
+        model, `inspect_tflite` for the others; `micro_int8_shrunk` shows
+        what `shrink` removed), `accuracy`, `agreement` (the
         fraction of samples whose argmax equals the Keras model's) and
         `max_abs_diff` (largest difference of outputs to the Keras model's).
         Render it with `report_markdown`.
@@ -164,6 +168,7 @@ def deployment_report(
     keras_bytes, keras_gzip = _keras_size(model)
     rows = [
         _row("keras", keras_bytes, keras_gzip, _keras_nonzero(model), None)
+        | {"macs": _keras_macs(model), "parameters": int(model.count_params())}
         | _quality(reference, reference, y)
     ]
     for artifact in wanted:
@@ -173,14 +178,16 @@ def deployment_report(
             outputs = micro.run_micro(tflite_bytes, x)
         else:
             outputs = litert.run_tflite(tflite_bytes, x)
+        info = flatbuffer.inspect_tflite(tflite_bytes)
         rows.append(
             _row(
                 artifact,
                 len(tflite_bytes),
                 _gzip_size(tflite_bytes),
-                flatbuffer.inspect_tflite(tflite_bytes)["nonzero_parameters"],
+                info["nonzero_parameters"],
                 micro.micro_arena_size(tflite_bytes) if on_micro else None,
             )
+            | {"macs": info["macs"], "parameters": info["parameters"]}
             | _quality(outputs.reshape(reference.shape), reference, y)
         )
     return {
@@ -188,6 +195,15 @@ def deployment_report(
         "num_samples": len(x),
         "artifacts": rows,
     }
+
+
+def _keras_macs(model):
+    from hypersparse_tf import costs
+
+    try:
+        return costs.model_cost(model)["macs"]
+    except (TypeError, ValueError):  # a subclassed model: not counted
+        return None
 
 
 def _row(artifact, size, gzip_size, nonzero, arena):
@@ -222,15 +238,17 @@ def report_markdown(report):
         f"Deployment of `{report['model']}` ({report['num_samples']} evaluation "
         "samples; agreement = argmax equal to the Keras model's)",
         "",
-        "| artifact | bytes | gzip bytes | non-zero params | TFLM arena bytes "
-        "| accuracy | agreement | max abs diff |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| artifact | bytes | gzip bytes | non-zero params | MACs "
+        "| TFLM arena bytes | accuracy | agreement | max abs diff |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["artifacts"]:
         arena = "" if row["arena_bytes"] is None else f"{row['arena_bytes']:,}"
+        macs = "" if row.get("macs") is None else f"{row['macs']:,}"
         lines.append(
             f"| {row['artifact']} | {row['bytes']:,} | {row['gzip_bytes']:,} | "
-            f"{row['nonzero_parameters']:,} | {arena} | {row['accuracy']:.2%} | "
-            f"{row['agreement']:.2%} | {row['max_abs_diff']:.2g} |"
+            f"{row['nonzero_parameters']:,} | {macs} | {arena} | "
+            f"{row['accuracy']:.2%} | {row['agreement']:.2%} | "
+            f"{row['max_abs_diff']:.2g} |"
         )
     return "\n".join(lines) + "\n"
