@@ -50,6 +50,7 @@ masks = np.load(sys.argv[4] + "/masks.npz")
 summary["channels_removed"] = {
     k: int((~masks[k].reshape(-1, masks[k].shape[-1]).any(axis=0)).sum())
     for k in masks.files
+    if k.endswith("kernel")  # not the BatchNorm masks of the channels
 }
 report = summary.pop("deployment_report")
 rows = {r["artifact"]: r for r in report["artifacts"]}

@@ -17,7 +17,7 @@ and tflite-micro):
 
 One module per concept: `conversion` (`to_tflite`), `flatbuffer`
 (`inspect_tflite`), `litert` (`run_tflite`, `litert_latency`), `micro`
-(`run_micro`, `micro_arena_size`, each in a child process run by
+(`run_micro`, `micro_arena_size`, `micro_latency`, each in a child process run by
 `micro_worker`), `c_array` (`write_c_array`) and `report`
 (`deployment_report`, `report_markdown`). Everything public is importable from
 `hypersparse_tf.export` itself.
@@ -32,6 +32,7 @@ from hypersparse_tf.export.flatbuffer import inspect_tflite
 from hypersparse_tf.export.litert import litert_latency
 from hypersparse_tf.export.litert import run_tflite
 from hypersparse_tf.export.micro import micro_arena_size
+from hypersparse_tf.export.micro import micro_latency
 from hypersparse_tf.export.micro import run_micro
 from hypersparse_tf.export.report import ARTIFACTS
 from hypersparse_tf.export.report import convert_artifacts
@@ -48,6 +49,7 @@ __all__ = [
     "inspect_tflite",
     "litert_latency",
     "micro_arena_size",
+    "micro_latency",
     "report_markdown",
     "run_micro",
     "run_tflite",

@@ -136,6 +136,45 @@ def run_micro(tflite_bytes, x, arena_size=None):
     return flatbuffer.dequantize(y, out_details)
 
 
+def micro_latency(tflite_models, num_runs=50, num_warmup=5):
+    """Median host latency of int8 models in TFLite Micro, interleaved.
+
+    Runs every model once per round, in turn, on zeros (batch of 1), in one
+    child process, each with its smallest arena (`micro_arena_size`): the
+    reference kernels a board runs, timed on this host's CPU. Compare the
+    models of one call with each other; the host is not a board.
+
+    Args:
+        tflite_models: Dict `{name: micro model bytes}`.
+        num_runs: Int >= 1. Timed rounds. Defaults to `50`.
+        num_warmup: Int >= 0. Untimed rounds first. Defaults to `5`.
+
+    Returns:
+        Dict `{name: median seconds per inference}`.
+    """
+    check_tflite_micro()
+    num_runs = validation.check_int(num_runs, "num_runs", 1)
+    num_warmup = validation.check_int(num_warmup, "num_warmup", 0)
+    names = list(tflite_models)
+    with tempfile.TemporaryDirectory() as directory:
+        args = ["latency", str(num_runs), str(num_warmup)]
+        for index, name in enumerate(names):
+            data = flatbuffer.check_tflite_bytes(tflite_models[name])
+            path = os.path.join(directory, f"{index}.tflite")
+            with open(path, "wb") as f:
+                f.write(data)
+            args += [path, str(micro_arena_size(data))]
+        child = _micro_child(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = child.communicate()
+        if child.returncode != 0:
+            raise RuntimeError(
+                f"TFLite Micro failed to time the models (exit code "
+                f"{child.returncode}): {err.strip()[-1500:]}"
+            )
+    seconds = [float(line) for line in out.split()]
+    return dict(zip(names, seconds, strict=True))
+
+
 class _MicroProbe:
     """A child process that tells which arena sizes TFLite Micro accepts."""
 

@@ -10,9 +10,13 @@ Modes:
   answers `1` (the model runs on zeros with that arena) or `0` per line.
 - `run MODEL ARENA_SIZE INPUTS OUTPUTS`: runs the int8 samples of the `.npy`
   file INPUTS one by one and saves the outputs to the `.npy` file OUTPUTS.
+- `latency NUM_RUNS NUM_WARMUP MODEL ARENA_SIZE [MODEL ARENA_SIZE ...]`: times
+  `invoke` of each model on zeros in interleaved rounds and prints the median
+  seconds of each, one per line.
 """
 
 import sys
+import time
 
 import numpy as np
 
@@ -56,7 +60,34 @@ def run(model, arena_size, inputs):
     return np.concatenate(outputs)
 
 
+def latency(models, num_runs, num_warmup):
+    """Median seconds of one `invoke` of each model, in interleaved rounds."""
+    interpreters = []
+    for model, arena_size in models:
+        interpreter = make_interpreter(model, arena_size)
+        details = interpreter.get_input_details(0)
+        interpreter.set_input(np.zeros(details["shape"], details["dtype"]), 0)
+        interpreters.append(interpreter)
+    times = [[] for _ in interpreters]
+    for round_index in range(num_warmup + num_runs):
+        for index, interpreter in enumerate(interpreters):
+            start = time.perf_counter()
+            interpreter.invoke()
+            elapsed = time.perf_counter() - start
+            if round_index >= num_warmup:
+                times[index].append(elapsed)
+    return [float(np.median(values)) for values in times]
+
+
 def main(argv):
+    if argv[1] == "latency":
+        models = []
+        for path, arena_size in zip(argv[4::2], argv[5::2], strict=True):
+            with open(path, "rb") as f:
+                models.append((f.read(), int(arena_size)))
+        for seconds in latency(models, int(argv[2]), int(argv[3])):
+            print(repr(seconds))
+        return
     mode, model_path = argv[1], argv[2]
     with open(model_path, "rb") as f:
         model = f.read()
@@ -66,7 +97,7 @@ def main(argv):
         arena_size, input_path, output_path = int(argv[3]), argv[4], argv[5]
         np.save(output_path, run(model, arena_size, np.load(input_path)))
     else:
-        raise SystemExit(f"unknown mode {mode!r}: expected 'probe' or 'run'")
+        raise SystemExit(f"unknown mode {mode!r}: expected 'probe', 'run' or 'latency'")
 
 
 if __name__ == "__main__":
