@@ -86,12 +86,12 @@ _BLOCK_RATES = flags.DEFINE_list(
 )
 _FMNIST_TRAIN = flags.DEFINE_integer("fmnist_train", 12000, "Fashion-MNIST train.")
 _FMNIST_TEST = flags.DEFINE_integer("fmnist_test", 2000, "Fashion-MNIST test.")
-_CIFAR_TRAIN = flags.DEFINE_integer("cifar_train", 4000, "CIFAR-10 train images.")
+_CIFAR_TRAIN = flags.DEFINE_integer("cifar_train", 5000, "CIFAR-10 train images.")
 _CIFAR_TEST = flags.DEFINE_integer("cifar_test", 1000, "CIFAR-10 test images.")
-_WARMUP = flags.DEFINE_integer("warmup_epochs", 6, "ART warm-up epochs.")
-_FINETUNE = flags.DEFINE_integer("finetune_epochs", 10, "Fine-tuning epochs.")
+_WARMUP = flags.DEFINE_integer("warmup_epochs", 8, "ART warm-up epochs.")
+_FINETUNE = flags.DEFINE_integer("finetune_epochs", 12, "Fine-tuning epochs.")
 _MAX_EPOCHS = flags.DEFINE_integer(
-    "max_epochs", 40, "Epoch budget of an ART run (`epoch_budget`)."
+    "max_epochs", 50, "Epoch budget of an ART run (`epoch_budget`)."
 )
 _MICRO_TEST = flags.DEFINE_integer("micro_test", 500, "Samples run on TFLite Micro.")
 _MICRO_RUNS = flags.DEFINE_integer("micro_runs", 30, "Timed TFLite Micro rounds.")
