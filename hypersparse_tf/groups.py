@@ -357,6 +357,15 @@ def build_grouping(model, entries, structure, block_shape=None, normalize=True):
                 raise ValueError(f"{key!r}: merged channels of another width")
         sizes = np.full(columns, per_channel, np.int64)
         kernels.append(KernelGroups(key, shape, perm, columns, 0, ids, sizes))
+    if structure == "block" and kernels and all(k.shape[0] < k.block for k in kernels):
+        raise ValueError(
+            validation.invalid(
+                "block_shape",
+                "1xB blocks that fit the input axis of at least one attached "
+                f"Dense kernel (inputs: {sorted({k.shape[0] for k in kernels})})",
+                block_shape,
+            )
+        )
     if not kernels:
         raise ValueError(
             f"structure={structure!r}: no kernel to group. "

@@ -259,6 +259,12 @@ def test_structured_attach_bad_models_change_nothing():
             model, channel, predicate=lambda layer, w: "kernel" in w.name
         )
     assert all(w.regularizer is None for w in model.weights)
+    too_wide = hypersparse_tf.HyperSparse(0.5, structure="block", block_shape=(1, 128))
+    with pytest.raises(
+        ValueError, match=r"argument `block_shape`.*inputs: \[12, 16, 64\]"
+    ):
+        hypersparse_tf.attach(model, too_wide)
+    assert all(w.regularizer is None for w in model.weights)
     with pytest.raises(ValueError, match="attach it with"):
         channel.bind_kernels(model.trainable_weights[:1])
 

@@ -305,3 +305,32 @@ def test_tfmot_pruned_weight_names(tfmot):
     assert _keras_compat.tfmot_pruned_weight_names(dense) == ["kernel"]
     assert _keras_compat.tfmot_pruned_weight_names(depthwise) == []
     assert _keras_compat.tfmot_pruned_weight_names(tf_keras.layers.Layer()) is None
+
+
+def test_to_tfmot_takes_channel_masks_with_their_batchnorm(tfmot):
+    keras3 = hypersparse_tf.models.small_cnn(input_shape=(8, 8, 3))
+    twin = hypersparse_tf.models.small_cnn(input_shape=(8, 8, 3), flavour="tf_keras")
+    conv = keras3.get_layer("block1_conv")  # smaller: both blocks lose channels
+    conv.kernel.assign(conv.kernel.numpy() * 0.3)
+    copy_weights_by_layer_name(keras3, twin)
+    masks = hypersparse_tf.global_magnitude_masks(keras3, 0.5, structure="channel")
+    assert "block1_bn/beta" in masks
+    pruned = hypersparse_tf.to_tfmot(twin, masks)
+    pruned.compile(optimizer=tf_keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+    x, _ = _data()
+    y = np.random.default_rng(3).normal(size=(len(x), 10)).astype("float32")
+    pruned.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=2,
+        callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+        verbose=0,
+    )
+    final = tfmot.sparsity.keras.strip_pruning(pruned)
+    for block in (1, 2):
+        gone = ~masks[f"block{block}_conv/kernel"].any(axis=(0, 1, 2))
+        assert gone.any()
+        gamma, beta = final.get_layer(f"block{block}_bn").get_weights()[:2]
+        assert np.all(gamma[gone] == 0) and np.all(beta[gone] == 0)
+        assert np.all(beta[~gone] != 0)
