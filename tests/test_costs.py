@@ -85,3 +85,31 @@ def test_model_cost_rejects_a_subclassed_model():
 
     with pytest.raises(TypeError, match="argument `model`"):
         hypersparse_tf.model_cost(Net())
+
+
+def test_inspect_tflite_counts_stored_parameters():
+    pytest.importorskip("tensorflow")
+    from hypersparse_tf import export
+
+    model = models.lenet_300_100()
+    for layer in model.layers:  # non-zero biases (zeros may not be stored)
+        if layer.weights:
+            layer.bias.assign(layer.bias.numpy() + 0.1)
+    info = export.inspect_tflite(export.to_tflite(model, "mobile"))
+    assert info["parameters"] == model.count_params() == 266_610
+    assert info["nonzero_parameters"] <= info["parameters"]
+
+
+def test_micro_latency_times_each_model():
+    pytest.importorskip("tflite_micro", reason="needs tflite-micro")
+    import numpy as np
+
+    from hypersparse_tf import export
+
+    x = np.random.default_rng(0).random((16, 8, 8, 1)).astype("float32")
+    small = export.to_tflite(models.small_cnn(input_shape=(8, 8, 1)), "micro", x)
+    seconds = export.micro_latency({"a": small, "b": small}, num_runs=3)
+    assert list(seconds) == ["a", "b"]
+    assert all(0 < value < 1 for value in seconds.values())
+    with pytest.raises(ValueError, match="argument `num_runs`"):
+        export.micro_latency({"a": small}, num_runs=0)
