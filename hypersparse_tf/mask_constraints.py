@@ -194,7 +194,9 @@ def fix_masks(model, masks, predicate=None):
     Args:
         model: A built Keras model (Keras 3 or tf_keras).
         masks: Dict `{"<layer name>/<weight name>": bool array}` with one mask
-            per prunable weight, True = kept, as `global_magnitude_masks` gives.
+            per prunable weight, True = kept, as `global_magnitude_masks` gives
+            (channel masks also mask biases and BatchNorm gamma and beta:
+            those weights get a constraint too).
         predicate: Optional callable `(layer, weight) -> bool` choosing the
             prunable weights; must be the one the masks were made with.
             Defaults to `None`.
