@@ -229,12 +229,7 @@ def test_small_cnn_fits_a_microcontroller(input_shape, expected_prunable):
     assert tuple(outputs.shape) == (2, 10)
 
 
-def test_small_cnn_input_below_4_raises():
-    with pytest.raises(ValueError, match="Expected height and width >= 4"):
-        models.small_cnn(input_shape=(3, 8, 1))
-
-
-@pytest.mark.parametrize(
+ALL_BUILDERS = pytest.mark.parametrize(
     "build",
     [
         models.resnet,
@@ -245,23 +240,21 @@ def test_small_cnn_input_below_4_raises():
     ],
     ids=["resnet", "vgg19_bn", "lenet_300_100", "small_cnn", "mobilenet_style"],
 )
+
+
+def test_small_cnn_input_below_4_raises():
+    with pytest.raises(ValueError, match="Expected height and width >= 4"):
+        models.small_cnn(input_shape=(3, 8, 1))
+
+
+@ALL_BUILDERS
 def test_models_conv_and_dense_names_are_unique(build):
     kwargs = {"depth": 8} if build is models.resnet else {}
     names = conv_and_dense_names(build(**kwargs))
     assert names and len(names) == len(set(names))
 
 
-@pytest.mark.parametrize(
-    "build",
-    [
-        models.resnet,
-        models.vgg19_bn,
-        models.lenet_300_100,
-        models.small_cnn,
-        models.mobilenet_style,
-    ],
-    ids=["resnet", "vgg19_bn", "lenet_300_100", "small_cnn", "mobilenet_style"],
-)
+@ALL_BUILDERS
 @pytest.mark.parametrize("num_classes", [1, 0, 2.0, True, None])
 def test_models_num_classes_below_2_raises(build, num_classes):
     with pytest.raises(
