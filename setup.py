@@ -15,6 +15,8 @@ EXTRAS = {
     "tfmot": ["tensorflow-model-optimization>=0.8", "tf-keras>=2.16", "tensorboard"],
     # Running exported models: LiteRT for mobile, TFLite Micro for boards.
     "export": ["ai-edge-litert>=1.0", "tflite-micro"],
+    # Keras 3's JAX backend (CPU wheel; a GPU machine brings its own).
+    "jax": ["jax>=0.4.30"],
     # Data sets beyond the embedded default, and plots of runs.
     "data": [
         "scikit-learn>=1.0",

@@ -14,14 +14,67 @@ bits of the magnitudes inside that bucket only. Both passes are exact, so the
 result equals `sort(|w|)[k]` bit for bit, ties and zeros included.
 """
 
-import tensorflow as tf
+import keras
 
 _HIGH_BUCKETS = 1 << 15  # sign bit is 0 for magnitudes, so 15 high bits remain
 _LOW_BUCKETS = 1 << 16
 
 
+def _bitcast(x, dtype):
+    """The bits of a float32 (int32) tensor read as int32 (float32), on the
+    running Keras backend."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.bitcast(x, dtype)
+    if backend == "jax":
+        import jax
+
+        return jax.lax.bitcast_convert_type(x, dtype)
+    if backend == "torch":
+        import torch
+
+        return x.view(getattr(torch, dtype))
+    return keras.ops.convert_to_tensor(
+        keras.ops.convert_to_numpy(x).view(dtype)
+    )  # numpy
+
+
+def _kth_smallest_any_backend(tensors, k):
+    """The radix selection of `kth_smallest_magnitude` in `keras.ops`, with a
+    fixed number of buckets per pass (jittable: no data-dependent shape)."""
+    ops = keras.ops
+    bits = [
+        _bitcast(ops.abs(ops.reshape(ops.cast(t, "float32"), (-1,))), "int32")
+        for t in tensors
+    ]
+    high = [ops.right_shift(b, 16) for b in bits]
+    high_counts = sum(
+        ops.segment_sum(ops.ones_like(h), h, num_segments=_HIGH_BUCKETS) for h in high
+    )
+    high_cumulative = ops.cumsum(high_counts)
+    high_bucket = ops.cast(ops.argmax(ops.cast(high_cumulative > k, "int32")), "int32")
+    below = ops.take(high_cumulative - high_counts, high_bucket)
+    low_counts = sum(
+        ops.segment_sum(
+            ops.cast(ops.equal(h, high_bucket), "int32"),
+            ops.bitwise_and(b, 0xFFFF),
+            num_segments=_LOW_BUCKETS,
+        )
+        for b, h in zip(bits, high, strict=True)
+    )
+    low_bucket = ops.cast(
+        ops.argmax(ops.cast(ops.cumsum(low_counts) + below > k, "int32")), "int32"
+    )
+    pattern = ops.bitwise_or(ops.left_shift(high_bucket, 16), low_bucket)
+    return _bitcast(pattern, "float32")
+
+
 def _first_index_above(cumulative, k):
     """Index of the first bucket whose cumulative count exceeds `k`."""
+    import tensorflow as tf
+
     return tf.argmax(tf.cast(cumulative > k, tf.int32), output_type=tf.int32)
 
 
@@ -29,7 +82,11 @@ def kth_smallest_magnitude(tensors, k):
     """Returns the `k`-th smallest absolute value (0-based) over `tensors`.
 
     Equals `sort(concat([abs(flatten(t)) for t in tensors]))[k]` exactly, without
-    concatenating or sorting. Runs eagerly or inside a `tf.function`.
+    concatenating or sorting. Runs eagerly or compiled (`tf.function`,
+    `jax.jit`), on every Keras backend: TensorFlow's own ops under TensorFlow
+    (`tf.math.bincount`, a masked second pass), `keras.ops` elsewhere
+    (`segment_sum` over a fixed number of buckets, so that the shapes do not
+    depend on the data).
 
     Args:
         tensors: List of float tensors or variables of any shape. Values are
@@ -45,6 +102,10 @@ def kth_smallest_magnitude(tensors, k):
             "Invalid value for argument `tensors`. Expected a non-empty list of "
             "tensors. Received: tensors=[]"
         )
+    if keras.backend.backend() != "tensorflow":
+        return _kth_smallest_any_backend(tensors, k)
+    import tensorflow as tf
+
     bits = [
         tf.bitcast(tf.abs(tf.reshape(tf.cast(t, tf.float32), [-1])), tf.int32)
         for t in tensors
