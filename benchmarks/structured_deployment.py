@@ -8,8 +8,8 @@ For each model and data set (real data only):
 
 it trains and measures:
 
-- `dense`: the model trained as the others' warm-up and fine-tuning together
-  (`--warmup_epochs + --finetune_epochs` epochs);
+- `dense`: the model trained for the ART runs' whole budget (`--max_epochs`
+  epochs, same optimizer and data);
 - `hs_weight`, `hs_channel`, `hs_block`: ART + HyperSparse with
   `structure="weight"` (the paper's), `"channel"` and `"block"` (1x4 blocks of
   the Dense kernels: LeNet only), through `experiment.train_and_evaluate` (the
@@ -19,7 +19,8 @@ it trains and measures:
   baseline: from the dense model, in every layer the same fraction of output
   channels/units with the smallest L1 norm goes (with its BatchNorm and
   bias, as channel HyperSparse's masks do), then fine-tuning with the masks
-  fixed (`--finetune_epochs`, fresh SGD);
+  fixed (`--finetune_epochs`, fresh SGD): `--max_epochs + --finetune_epochs`
+  epochs in all, against ART's `--max_epochs`;
 - `tfmot_block`: tensorflow-model-optimization's `prune_low_magnitude` on the
   Dense kernels of the dense LeNet in 1x4 blocks along the input axis
   (tfmot's `block_size=(4, 1)` in Keras' `(in, out)` layout: TFLite transposes
@@ -179,7 +180,7 @@ def train_dense(network, config, data, pipes):
     keras.utils.set_random_seed(config.seed)
     model = experiment.build_model(network, data.num_classes, data.input_shape)
     _compile(model, config)
-    _fit(model, pipes, _WARMUP.value + _FINETUNE.value)
+    _fit(model, pipes, _MAX_EPOCHS.value)
     return model
 
 
