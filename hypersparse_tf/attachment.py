@@ -9,6 +9,7 @@ groups) for its global statistics. `ART` re-binds with `bind_attached` when
 """
 
 from hypersparse_tf import _keras_compat
+from hypersparse_tf import backend_state
 from hypersparse_tf import groups
 from hypersparse_tf import prunable
 from hypersparse_tf import validation
@@ -108,6 +109,7 @@ def attach(model, regularizer, predicate=None):
             _set_regularizer(layer, weight, regularizer)
     kernels = [weight for _, _, weight in entries]
     regularizer.bind_kernels(kernels, grouping)
+    _track(model, regularizer)
     # A train or test step traced by an earlier `fit`/`evaluate` lacks the new
     # losses.
     _keras_compat.drop_traced_steps(model)
@@ -150,7 +152,16 @@ def bind_attached(model, regularizer):
     kernels = {key: weight for key, _, weight in entries}
     if kernels:
         regularizer.bind_kernels(list(kernels.values()), grouping)
+        _track(model, regularizer)
     return kernels
+
+
+def _track(model, regularizer):
+    """On JAX and PyTorch, the regularizer's variables join the model's state
+    (see `backend_state`)."""
+    state = getattr(regularizer, "state_variables", None)
+    if state is not None:
+        backend_state.track(model, backend_state.attribute_name(regularizer), state())
 
 
 def art_prune_rate(regularizer, prune_rate):

@@ -16,7 +16,7 @@ reference gradient; summed over all kernels its value is `coefficient * A`.
 import uuid
 
 import keras
-import tensorflow as tf
+import numpy as np
 
 from hypersparse_tf import _keras_compat
 from hypersparse_tf import groups
@@ -37,8 +37,27 @@ class NonFiniteWeightsError(FloatingPointError):
     """Raised by `update_statistics()` on kernels that hold NaN or inf."""
 
 
+def _tensorflow():
+    return keras.backend.backend() == "tensorflow"
+
+
 def _state_variable(value, name):
-    return tf.Variable(value, trainable=False, dtype=tf.float32, name=name)
+    """A float32 non-trainable variable of the regularizer's state: a
+    `tf.Variable` under TensorFlow (tf_keras models and `tf.distribute` take
+    it), a `keras.Variable` on the other backends (`attach` adds it to the
+    model's state, so that a compiled step reads its current value)."""
+    if _tensorflow():
+        import tensorflow as tf
+
+        return tf.Variable(value, trainable=False, dtype=tf.float32, name=name)
+    return keras.Variable(
+        np.asarray(value, np.float32), trainable=False, dtype="float32", name=name
+    )
+
+
+def _value(variable):
+    """A state variable's value as a tensor of the backend."""
+    return variable if _tensorflow() else variable.value
 
 
 class AdaptiveRegularizer(keras.regularizers.Regularizer):
@@ -93,8 +112,13 @@ class AdaptiveRegularizer(keras.regularizers.Regularizer):
     def update_statistics(self):
         """Refreshes the global statistics; a no-op for local penalties."""
 
+    def state_variables(self):
+        """The regularizer's own variables (coefficient, statistics)."""
+        return [self._coefficient]
+
     def get_config(self):
-        return {"coefficient": float(self._coefficient.numpy()), "uid": self.uid}
+        coefficient = keras.ops.convert_to_numpy(self._coefficient)
+        return {"coefficient": float(coefficient), "uid": self.uid}
 
     def __repr__(self):
         config = self.get_config()
@@ -209,7 +233,7 @@ class HyperSparse(AdaptiveRegularizer):
             self._grouping = grouping
             self._kernel_index = {id(k): i for i, k in enumerate(kernels)}
             self._group_sums_of_squares = _state_variable(
-                tf.zeros([grouping.num_groups]), "group_sums_of_squares"
+                np.zeros([grouping.num_groups], np.float32), "group_sums_of_squares"
             )
         super().bind_kernels(kernels)
         self._update_function = None
@@ -226,15 +250,23 @@ class HyperSparse(AdaptiveRegularizer):
             return groups.structured_loss(
                 self._grouping.kernels[index],
                 x,
-                self._group_sums_of_squares,
+                _value(self._group_sums_of_squares),
                 self._grouping,
-                self._coefficient * self._ratio,
-                self._scale,
+                _value(self._coefficient) * _value(self._ratio),
+                _value(self._scale),
             )
-        x = tf.convert_to_tensor(x)
-        weight = tf.stop_gradient(tf.cast(self._coefficient * self._ratio, x.dtype))
-        scale = tf.stop_gradient(tf.cast(self._scale, x.dtype))
-        return weight * tf.reduce_sum(tf.tanh(scale * tf.abs(x)))
+        ops = keras.ops
+        x = ops.convert_to_tensor(x)
+        weight = _value(self._coefficient) * _value(self._ratio)
+        weight = ops.stop_gradient(ops.cast(weight, x.dtype))
+        scale = ops.stop_gradient(ops.cast(_value(self._scale), x.dtype))
+        return weight * ops.sum(ops.tanh(scale * ops.abs(x)))
+
+    def state_variables(self):
+        state = [self._coefficient, self._threshold, self._scale, self._ratio]
+        if self._group_sums_of_squares is not None:
+            state.append(self._group_sums_of_squares)
+        return state
 
     def compute_statistics(self, kernels):
         """Returns `(t, s, A / T)` over `kernels`, as float32 scalar tensors.
@@ -245,14 +277,17 @@ class HyperSparse(AdaptiveRegularizer):
         if self.structure != "weight":
             return self._statistics_of(self._group_magnitudes(kernels)[1])
         # One vector: a few large ops run faster than many small ones per kernel.
-        magnitudes = tf.concat(
-            [tf.abs(tf.reshape(tf.cast(k, tf.float32), [-1])) for k in kernels], 0
+        ops = keras.ops
+        magnitudes = ops.concatenate(
+            [ops.abs(ops.reshape(ops.cast(k, "float32"), (-1,))) for k in kernels], 0
         )
         return self._statistics_of(magnitudes)
 
     def _group_magnitudes(self, kernels):
         """`(sums of squares, magnitudes)` of the groups, float32."""
-        kernels = [tf.cast(tf.convert_to_tensor(k), tf.float32) for k in kernels]
+        kernels = [
+            keras.ops.cast(keras.ops.convert_to_tensor(k), "float32") for k in kernels
+        ]
         sums = self._grouping.group_sums_of_squares(kernels, keras.ops)
         return sums, self._grouping.magnitudes(sums, keras.ops)
 
@@ -260,15 +295,19 @@ class HyperSparse(AdaptiveRegularizer):
         """`(t, s, A / T)` of a vector of magnitudes."""
         # NaN and inf have bit patterns above every finite magnitude: the
         # threshold would look fine while the statistics are garbage.
-        magnitudes = tf.debugging.assert_all_finite(magnitudes, NON_FINITE_MESSAGE)
+        ops = keras.ops
+        if _tensorflow():
+            import tensorflow as tf
+
+            magnitudes = tf.debugging.assert_all_finite(magnitudes, NON_FINITE_MESSAGE)
         threshold = kth_smallest_magnitude(
             [magnitudes],
             prunable.num_pruned(self.prune_rate, int(magnitudes.shape[0])),
         )
-        scale = tf.math.divide_no_nan(tf.constant(INFLECTION, tf.float32), threshold)
-        total = tf.reduce_sum(magnitudes)
-        soft_count = tf.reduce_sum(tf.tanh(scale * magnitudes))
-        return threshold, scale, tf.math.divide_no_nan(total, soft_count)
+        scale = ops.divide_no_nan(ops.cast(INFLECTION, "float32"), threshold)
+        total = ops.sum(magnitudes)
+        soft_count = ops.sum(ops.tanh(scale * magnitudes))
+        return threshold, scale, ops.divide_no_nan(total, soft_count)
 
     def _assign_statistics(self):
         if self.structure != "weight":
@@ -280,6 +319,46 @@ class HyperSparse(AdaptiveRegularizer):
         self._threshold.assign(threshold)
         self._scale.assign(scale)
         self._ratio.assign(ratio)
+
+    def _statistics_of_values(self, values):
+        """The statistics (and group sums) of kernel values, a pure function
+        for `jax.jit`: `(finite, threshold, scale, ratio, sums or None)`."""
+        if self.structure != "weight":
+            sums, magnitudes = self._group_magnitudes(values)
+        else:
+            sums = None
+            magnitudes = keras.ops.concatenate(
+                [
+                    keras.ops.abs(
+                        keras.ops.reshape(keras.ops.cast(v, "float32"), (-1,))
+                    )
+                    for v in values
+                ],
+                0,
+            )
+        finite = keras.ops.all(keras.ops.isfinite(magnitudes))
+        return (finite, *self._statistics_of(magnitudes), sums)
+
+    def _update_other_backend(self):
+        """`update_statistics` on JAX (jitted once) and PyTorch (eager)."""
+        if self._update_function is None:
+            function = self._statistics_of_values
+            if keras.backend.backend() == "jax":
+                import jax
+
+                function = jax.jit(function)
+            self._update_function = function
+        values = [keras.ops.convert_to_tensor(k.value) for k in self._kernels]
+        finite, threshold, scale, ratio, sums = self._update_function(values)
+        if not bool(keras.ops.convert_to_numpy(finite)):
+            raise NonFiniteWeightsError(
+                f"{NON_FINITE_MESSAGE}. The statistics were left as they were."
+            )
+        self._threshold.assign(threshold)
+        self._scale.assign(scale)
+        self._ratio.assign(ratio)
+        if sums is not None:
+            self._group_sums_of_squares.assign(sums)
 
     def update_statistics(self):
         """Recomputes `threshold`, `scale` and `ratio` over all attached kernels.
@@ -300,6 +379,11 @@ class HyperSparse(AdaptiveRegularizer):
                 "`hypersparse_tf.attach(model, regularizer)` on a built model "
                 "first."
             )
+        if not _tensorflow():
+            self._update_other_backend()
+            return
+        import tensorflow as tf
+
         if tf.inside_function():
             self._assign_statistics()
             return
@@ -350,9 +434,10 @@ class AdaptiveL1(AdaptiveRegularizer):
     """
 
     def __call__(self, x):
-        x = tf.convert_to_tensor(x)
-        weight = tf.stop_gradient(tf.cast(self._coefficient, x.dtype))
-        return weight * tf.reduce_sum(tf.abs(x))
+        ops = keras.ops
+        x = ops.convert_to_tensor(x)
+        weight = ops.stop_gradient(ops.cast(_value(self._coefficient), x.dtype))
+        return weight * ops.sum(ops.abs(x))
 
 
 @keras.saving.register_keras_serializable(package="hypersparse_tf")
@@ -369,9 +454,10 @@ class AdaptiveL2(AdaptiveRegularizer):
     """
 
     def __call__(self, x):
-        x = tf.convert_to_tensor(x)
-        weight = tf.stop_gradient(tf.cast(self._coefficient, x.dtype))
-        return weight * tf.reduce_sum(tf.square(x))
+        ops = keras.ops
+        x = ops.convert_to_tensor(x)
+        weight = ops.stop_gradient(ops.cast(_value(self._coefficient), x.dtype))
+        return weight * ops.sum(ops.square(x))
 
 
 def register_with_tf_keras():

@@ -1,0 +1,54 @@
+"""The regularizers' and ART's own variables in a model's state, on every
+Keras backend.
+
+Under TensorFlow a compiled train step reads any variable it touches. JAX's
+train step is a pure function of the model's state: a variable that is not
+part of it (a regularizer's coefficient, its statistics, a mask) is read once,
+when the step is traced, and frozen into it as a constant. So on the other
+backends `attach` hangs these variables on the model, in a layer of their own
+that Keras tracks like any sublayer (its variables join
+`model.non_trainable_variables`, which the step takes and gives back) but that
+saves nothing: a `.keras` file keeps the model's own weights only, and loads
+into a fresh model with or without the regularizer attached.
+"""
+
+import keras
+
+
+class StateHolder(keras.layers.Layer):
+    """A layer that holds existing variables in a model's state and saves
+    none of them."""
+
+    def __init__(self, variables, **kwargs):
+        super().__init__(trainable=False, **kwargs)
+        self.held = list(variables)
+        self.built = True
+
+    def call(self, inputs):  # pragma: no cover - never called
+        return inputs
+
+    def save_own_variables(self, store):
+        """Saves nothing: the state is rebuilt by `attach` and `ART`."""
+
+    def load_own_variables(self, store):
+        """Loads nothing (see `save_own_variables`)."""
+
+
+def needs_tracking():
+    """Whether the running backend freezes untracked variables (all but
+    TensorFlow)."""
+    return keras.backend.backend() != "tensorflow"
+
+
+def track(model, name, variables):
+    """Puts `variables` in `model`'s state as the attribute `name` (replacing
+    an earlier holder of that name); a no-op under TensorFlow and for models
+    that are not Keras 3 models."""
+    if not needs_tracking() or not isinstance(model, keras.Model):
+        return
+    setattr(model, name, StateHolder(variables, name=name))
+
+
+def attribute_name(owner):
+    """The model attribute that holds `owner`'s state."""
+    return f"hypersparse_state_{owner.uid}"
