@@ -22,6 +22,7 @@ import numpy as np
 from hypersparse_tf import _keras_compat
 from hypersparse_tf import art_schedule
 from hypersparse_tf import attachment
+from hypersparse_tf import backend_state
 from hypersparse_tf import backup as backup_lib
 from hypersparse_tf import eval_data as eval_data_lib
 from hypersparse_tf import evaluation
@@ -316,6 +317,7 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.phase == "art":
+            backend_state.sync_for_callback(self.model)
             try:
                 self.regularizer.update_statistics()
             except regularizers.NonFiniteWeightsError:
@@ -415,6 +417,7 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         if self.recalibrate_batchnorm:
             self._evaluator.recalibrate()  # kept: fine-tuning starts from them
         mask_constraints.assign_mask_variables(self._mask_variables, self.masks)
+        mask_constraints.refresh_compiled_masks(self.model)
         optimizers.reset_optimizer_state(self.model.optimizer)
         optimizers.set_learning_rate(self.model.optimizer, self._initial_lr)
         self.regularizer.coefficient.assign(0.0)
@@ -442,6 +445,7 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
             self.masks = best.payload["masks"]
             masks_lib.assign_masked(self._masked, self.masks)
             mask_constraints.assign_mask_variables(self._mask_variables, self.masks)
+            mask_constraints.refresh_compiled_masks(self.model)
             left = f"the best pruned candidate (epoch {best.epoch})"
         else:
             epoch, weights = self._last_finite

@@ -93,6 +93,7 @@ def attach(model, regularizer, predicate=None):
                 "the optimizer's `weight_decay` for weight decay), or exclude "
                 "it with `predicate`."
             )
+    backend_state.check_trackable(model)
     grouping = None
     if structure != "weight":  # built (and checked) before anything changes
         grouping = groups.build_grouping(

@@ -40,15 +40,52 @@ def needs_tracking():
     return keras.backend.backend() != "tensorflow"
 
 
+def check_trackable(model):
+    """Raises unless `model` can hold state on this backend: on JAX and
+    PyTorch, a Keras 3 functional model (a `Sequential` model keeps its
+    sublayers in its stack of layers, so a state layer set on it would not
+    join its variables)."""
+    if not needs_tracking() or not isinstance(model, keras.Model):
+        return
+    if isinstance(model, keras.Sequential):
+        raise ValueError(
+            "Invalid value for argument `model`: on the "
+            f"{keras.backend.backend()} backend, hypersparse_tf needs a "
+            "functional model to hold the regularizer's and the masks' state "
+            "(a Sequential model cannot take it yet). Build it with "
+            "`keras.Model(inputs, outputs)`, or use the TensorFlow backend. "
+            f"Received: model={model.name!r} (Sequential)"
+        )
+
+
 def track(model, name, variables):
     """Puts `variables` in `model`'s state as the attribute `name` (replacing
     an earlier holder of that name); a no-op under TensorFlow and for models
     that are not Keras 3 models."""
     if not needs_tracking() or not isinstance(model, keras.Model):
         return
+    check_trackable(model)
+    if hasattr(model, name):
+        delattr(model, name)  # untracks the earlier holder
     setattr(model, name, StateHolder(variables, name=name))
+    held = {id(v) for v in model.non_trainable_variables}
+    if not all(id(v) in held for v in variables):  # pragma: no cover
+        raise RuntimeError(
+            f"The state of {name!r} did not join model {model.name!r}'s "
+            "variables: a Keras release changed how models track layers."
+        )
 
 
 def attribute_name(owner):
     """The model attribute that holds `owner`'s state."""
     return f"hypersparse_state_{owner.uid}"
+
+
+def sync_for_callback(model):
+    """Lets a callback read and change the model's variables in the middle of
+    a JAX epoch: JAX's `fit` carries the state outside the variables between
+    steps; `jax_state_sync` writes it back and makes the next step read the
+    variables again (a no-op where it is in sync, and on other backends)."""
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None:
+        sync()

@@ -13,7 +13,6 @@ import sys
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from hypersparse_tf import _keras_compat
 from hypersparse_tf import masks as masks_lib
@@ -154,6 +153,31 @@ def _pick(value, output, names):
     return value
 
 
+def _inference_function(model):
+    """`x -> model(x, training=False)`, compiled where the backend compiles:
+    a `tf.function` under TensorFlow, a jitted `stateless_call` of the current
+    weights under JAX, eager otherwise."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow" or prunable.is_tf_keras(model):
+        import tensorflow as tf
+
+        return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    if backend == "jax":
+        import jax
+
+        jitted = jax.jit(
+            lambda trainable, non_trainable, x: model.stateless_call(
+                trainable, non_trainable, x, training=False
+            )[0]
+        )
+        return lambda x: jitted(
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            x,
+        )
+    return lambda x: keras.ops.convert_to_numpy(model(x, training=False))
+
+
 class PrunedEvaluator:
     """Scores pruned copies of one model on one data set.
 
@@ -202,10 +226,7 @@ class PrunedEvaluator:
         """The model's accuracy as it is, in inference mode: top-1 (weighted
         by the sample weights where the data has them), or `metric`."""
         if self._predict is None:
-            model = self.model
-            self._predict = tf.function(
-                lambda x: model(x, training=False), reduce_retracing=True
-            )
+            self._predict = _inference_function(self.model)
         if self.metric is not None:
             self.metric.reset_state()
         correct = total = 0.0

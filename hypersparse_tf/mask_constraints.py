@@ -7,10 +7,10 @@ save with the model: the mask is in the constraint's config, bit-packed.
 """
 
 import base64
+import contextlib
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from hypersparse_tf import _keras_compat
 from hypersparse_tf import groups
@@ -20,10 +20,19 @@ from hypersparse_tf.masks import assign_masked
 from hypersparse_tf.masks import check_masks
 
 
+def _tensorflow():
+    return keras.backend.backend() == "tensorflow"
+
+
 def _mask_variable(values, name):
-    return tf.Variable(
-        np.asarray(values, np.float32), trainable=False, name=f"mask_{name}"
-    )
+    """A float32 mask variable: `tf.Variable` under TensorFlow (tf_keras and
+    `tf.distribute` take it), `keras.Variable` elsewhere."""
+    values = np.asarray(values, np.float32)
+    if _tensorflow():
+        import tensorflow as tf
+
+        return tf.Variable(values, trainable=False, name=f"mask_{name}")
+    return keras.Variable(values, trainable=False, dtype="float32", name=f"mask_{name}")
 
 
 @keras.saving.register_keras_serializable(package="hypersparse_tf")
@@ -42,7 +51,7 @@ class MaskConstraint(keras.constraints.Constraint):
     """
 
     def __init__(self, mask, previous=None):
-        if not isinstance(mask, (tf.Variable, keras.Variable)):
+        if not hasattr(mask, "assign"):  # an array: a new variable
             mask = _mask_variable(mask, "loaded")
         self.mask = mask
         self.previous = previous
@@ -50,10 +59,13 @@ class MaskConstraint(keras.constraints.Constraint):
     def __call__(self, w):
         if self.previous is not None:
             w = self.previous(w)
-        return w * tf.cast(self.mask, w.dtype)
+        # On JAX the optimizer reads the mask when the step is traced: a new
+        # mask takes a new train function (`refresh_compiled_masks`).
+        mask = self.mask if _tensorflow() else self.mask.value
+        return w * keras.ops.cast(mask, w.dtype)
 
     def get_config(self):
-        kept = np.asarray(self.mask.numpy()) != 0
+        kept = keras.ops.convert_to_numpy(self.mask) != 0
         previous = None
         if self.previous is not None:
             previous = _constraints_module(self.previous).serialize(self.previous)
@@ -110,8 +122,22 @@ def variable_constraint(variable):
     return getattr(variable, "constraint", None)
 
 
-def _strategy(model):
-    return getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+def _strategy_scope(model):
+    """The scope of the model's `tf.distribute` strategy (TensorFlow only)."""
+    if not _tensorflow():
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
+    strategy = getattr(model, "distribute_strategy", None)
+    return (strategy or tf.distribute.get_strategy()).scope()
+
+
+def refresh_compiled_masks(model):
+    """After mask variables changed during `fit`: on the backends whose
+    compiled step holds the masks as constants (all but TensorFlow), builds
+    the train function anew, which `fit` picks up at its next step."""
+    if not _tensorflow() and getattr(model, "train_function", None) is not None:
+        model.make_train_function(force=True)
 
 
 def install_mask_constraints(model, weights, masks, kind=MaskConstraint):
@@ -134,7 +160,7 @@ def install_mask_constraints(model, weights, masks, kind=MaskConstraint):
     Returns:
         Dict `{key: mask variable}` (float32, 1 = kept).
     """
-    with _strategy(model).scope():
+    with _strategy_scope(model):
         variables = {
             key: _mask_variable(masks[key], key.replace("/", "_")) for key in weights
         }

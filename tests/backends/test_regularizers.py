@@ -181,3 +181,14 @@ def test_saved_model_loads_without_the_regularizer_state(tmp_path):
     assert isinstance(
         loaded.get_layer("a").kernel_regularizer, hypersparse_tf.HyperSparse
     )
+
+
+def test_sequential_models_are_refused_where_they_cannot_hold_the_state():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")])
+    reg = hypersparse_tf.HyperSparse(0.5)
+    if keras.backend.backend() == "tensorflow":
+        assert len(hypersparse_tf.attach(model, reg)) == 1
+        return
+    with pytest.raises(ValueError, match="argument `model`.*functional model"):
+        hypersparse_tf.attach(model, reg)
+    assert model.get_layer("d").kernel_regularizer is None  # nothing changed

@@ -1,0 +1,92 @@
+"""ART on the running Keras backend: all phases, masks enforced through
+fine-tuning, per-step statistics, the pruned copy's accuracy.
+
+Runs in every backend's own pytest process (`tests/run_backends.py`)."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import hypersparse_tf
+from tests.art_helpers import art_setup
+from tests.art_helpers import bn_mlp
+from tests.art_helpers import compiled
+from tests.art_helpers import digits
+
+
+def functional_mlp(seed=0):
+    """The 64-32-10 MLP of the ART tests, functional (on JAX and PyTorch a
+    Sequential model cannot hold the regularizer's state yet)."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((64,))
+    h = keras.layers.Dense(64, activation="relu", name="d1")(inputs)
+    h = keras.layers.Dense(32, activation="relu", name="d2")(h)
+    outputs = keras.layers.Dense(10, activation="softmax", name="out")(h)
+    return keras.Model(inputs, outputs, name="mlp")
+
+
+def _kernel_values(kernels):
+    return [keras.ops.convert_to_numpy(k) for k in kernels]
+
+
+def test_art_runs_every_phase_and_keeps_the_mask():
+    x, x_test, y, y_test = digits()
+    model, reg, art = art_setup(0.9, model=compiled(functional_mlp()))
+    kernels = list(reg.kernels)
+
+    seen = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(float(keras.ops.convert_to_numpy(reg.threshold)))
+
+    model.fit(
+        x,
+        y,
+        epochs=200,
+        batch_size=64,
+        shuffle=False,
+        verbose=0,
+        callbacks=[art, Watch()],
+    )
+    assert art.phase == "done"
+    assert art.termination_epoch is not None
+    values = _kernel_values(kernels)
+    total = sum(v.size for v in values)
+    zeros = sum(int(np.sum(v == 0)) for v in values)
+    assert zeros == math.floor(0.9 * total)  # exactly the mask, after fine-tuning
+    for key, value in zip(art.masks, values, strict=False):
+        assert np.all(value[~art.masks[key]] == 0)
+    # The statistics moved during ART (refreshed at every step).
+    assert len(set(seen)) > 2
+    accuracy = np.mean(np.argmax(model.predict(x_test, verbose=0), -1) == y_test)
+    assert accuracy > 0.8
+
+
+def test_pruned_accuracy_matches_a_masked_copy():
+    x, _, y, _ = digits()
+    model = bn_mlp()
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0)
+    masks = hypersparse_tf.global_magnitude_masks(model, 0.8)
+    before = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    score = hypersparse_tf.pruned_accuracy(model, masks, (x, y))
+    for old, new in zip(before, model.weights, strict=True):
+        np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))
+    hypersparse_tf.apply_masks(model, masks)
+    expected = np.mean(np.argmax(model.predict(x, verbose=0), -1) == y)
+    assert score == pytest.approx(expected, abs=1e-9)
+
+
+def test_fix_masks_keeps_pruned_weights_zero_through_fit():
+    x, _, y, _ = digits()
+    model = compiled(functional_mlp())
+    masks = hypersparse_tf.global_magnitude_masks(model, 0.75)
+    hypersparse_tf.fix_masks(model, masks)
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0)
+    weights = hypersparse_tf.prunable_weights(model)
+    for key, weight in weights.items():
+        value = keras.ops.convert_to_numpy(weight)
+        assert np.all(value[~masks[key]] == 0)
+        assert np.all(value[masks[key]] != 0)
