@@ -1,12 +1,13 @@
 """HyperSparse regularization and Adaptive Regularized Training for Keras.
 
 Importing this package never imports tensorflow-model-optimization or tf_keras:
-`hypersparse_tf.tfmot_interop` imports them inside its functions only.
+`hypersparse_tf.tfmot_interop` imports them inside its functions only. Under
+the JAX or PyTorch backend it does not import TensorFlow either: `datasets`,
+`experiment` and `export` are imported when first used.
 """
 
-from hypersparse_tf import datasets
-from hypersparse_tf import experiment
-from hypersparse_tf import export
+import importlib
+
 from hypersparse_tf import models
 from hypersparse_tf.art import ART
 from hypersparse_tf.art_schedule import ARTSchedule
@@ -31,6 +32,28 @@ from hypersparse_tf.shrink import shrink
 from hypersparse_tf.tfmot_interop import to_tfmot
 
 __version__ = "0.1.0"
+
+# Modules that need TensorFlow (tf.data pipelines, tensorflow-datasets, TFLite
+# conversion), imported on first use: under the JAX or PyTorch backend,
+# `import hypersparse_tf` does not import TensorFlow.
+_LAZY_MODULES = ("datasets", "experiment", "export")
+
+
+def __getattr__(name):
+    if name in _LAZY_MODULES:
+        try:
+            return importlib.import_module(f"hypersparse_tf.{name}")
+        except ImportError as error:
+            if error.name is None or not error.name.startswith("tensorflow"):
+                raise
+            raise ImportError(
+                f"hypersparse_tf.{name} needs TensorFlow (tf.data, "
+                "tensorflow-datasets, TFLite conversion), which is not "
+                "installed: pip install tensorflow. The regularizers, masks, "
+                "ART and the models work without it on JAX and PyTorch."
+            ) from error
+    raise AttributeError(f"module 'hypersparse_tf' has no attribute {name!r}")
+
 
 __all__ = [
     "ART",

@@ -23,7 +23,6 @@ layer. Mask keys are the same in both flavours (see `prunable`):
 import functools
 
 import numpy as np
-import tensorflow as tf
 
 from hypersparse_tf import _keras_compat
 from hypersparse_tf import mask_constraints
@@ -94,6 +93,8 @@ def fixed_mask_class():
             self.target_sparsity = float(target_sparsity)
 
         def __call__(self, step):
+            import tensorflow as tf
+
             return (
                 tf.constant(False),
                 tf.constant(self.target_sparsity, tf.float32),

@@ -4,6 +4,7 @@ import contextlib
 import io
 import warnings
 
+import keras
 import numpy as np
 
 from hypersparse_tf import prunable
@@ -58,7 +59,20 @@ def _representative_dataset(model, representative_data):
 
 
 def _convert(model, target, configure):
-    import tensorflow as tf
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            "to_tflite converts with TensorFlow's TFLite converter, which takes "
+            "models of the TensorFlow backend; this process runs Keras on "
+            f"{keras.backend.backend()!r}. Save the model (`model.save("
+            '"model.keras")`) and convert it in a process with '
+            "KERAS_BACKEND=tensorflow: its regularizers and masks load with it."
+        )
+    try:
+        import tensorflow as tf
+    except ImportError as error:
+        raise ImportError(
+            "to_tflite needs TensorFlow: pip install tensorflow"
+        ) from error
 
     try:
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
