@@ -24,8 +24,9 @@ it trains and measures:
 - `tfmot_block`: tensorflow-model-optimization's `prune_low_magnitude` on the
   Dense kernels of the dense LeNet in 1x4 blocks along the input axis
   (tfmot's `block_size=(4, 1)` in Keras' `(in, out)` layout: TFLite transposes
-  the kernel, so these are TFLite's 1x4 blocks), constant sparsity, then
-  `--finetune_epochs` epochs; weights copied back into the Keras 3 model.
+  the kernel, so these are TFLite's 1x4 blocks), its polynomial schedule from
+  0 to the rate over the first half of `--finetune_epochs` epochs; weights
+  copied back into the Keras 3 model.
 
 Every model then goes through `shrink` and both exports. Columns: Keras test
 accuracy; TFLite Micro int8 accuracy (shrunk model, on `--micro_test`
@@ -237,7 +238,15 @@ def train_tfmot_block(network, config, data, pipes, dense, rate):
         if layer.weights:
             twin.get_layer(layer.name).set_weights(layer.get_weights())
     steps = pipes["steps_per_epoch"]
-    schedule = tfmot.sparsity.keras.ConstantSparsity(rate, 0, frequency=steps)
+    # tfmot's own recipe: sparsity grows from 0 over the first half of the
+    # fine-tuning, masks updated 4 times an epoch, then stays.
+    schedule = tfmot.sparsity.keras.PolynomialDecay(
+        0.0,
+        rate,
+        begin_step=0,
+        end_step=steps * max(1, _FINETUNE.value // 2),
+        frequency=max(1, steps // 4),
+    )
 
     def wrap(layer):
         if isinstance(layer, tf_keras.layers.Dense):
@@ -279,6 +288,8 @@ def _one_by_one_zeros(model):
 
 def measure(model, x_train, x_test, y_test):
     """Accuracy, cost and the artifacts of one trained model."""
+    if not all(np.isfinite(w).all() for w in model.get_weights()):
+        raise FloatingPointError("the trained model's weights hold NaN or inf")
     keras_accuracy = float(
         np.mean(np.argmax(model.predict(x_test, verbose=0), -1) == y_test)
     )
@@ -340,7 +351,15 @@ def run_network(network, results, save):
     rows, artifacts = {}, {}
 
     def record(name, method, rate, model, start, **extra):
-        row, files = measure(model, x_train, x_test, y_test)
+        try:
+            row, files = measure(model, x_train, x_test, y_test)
+        except FloatingPointError as error:  # reported, not measured
+            logging.warning("%s %s diverged: %s", network, name, error)
+            results[f"{network}/{name}"] = dict(
+                network=network, method=method, rate=rate, diverged=str(error)
+            )
+            save()
+            return
         row.update(
             network=network,
             dataset=config.dataset,
@@ -460,7 +479,8 @@ def _targets(rows):
 
 
 def write_markdown(path, results, command, elapsed):
-    rows = list(results.values())
+    diverged = [r for r in results.values() if "diverged" in r]
+    rows = [r for r in results.values() if "diverged" not in r]
     lines = [
         "# Structured HyperSparse on the device",
         "",
@@ -499,6 +519,11 @@ def write_markdown(path, results, command, elapsed):
             f"{'' if zeros is None else f'{zeros:.1%}'} | "
             f"{row.get('art_epochs', '')} |"
         )
+    for row in diverged:
+        lines.append(
+            f"| {row['network']} | {row['method']} | {row['rate']:g} | "
+            f"diverged: {row['diverged']} |" + " |" * 11
+        )
     lines += ["", "## Targets", ""] + (_targets(rows) or ["- (no complete network)"])
     path.write_text("\n".join(lines) + "\n")
 
@@ -509,7 +534,7 @@ def write_plot(path, results):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = list(results.values())
+    rows = [r for r in results.values() if "diverged" not in r]
     networks = list(dict.fromkeys(r["network"] for r in rows))
     fig, axes = plt.subplots(
         2, len(networks), figsize=(5 * len(networks), 8), squeeze=False

@@ -362,6 +362,7 @@ def shrink(model, verify_inputs=None, atol=1e-5):
 
     Raises:
         TypeError: if `model` is not a Sequential or functional Keras 3 model.
+        ValueError: if the model's outputs hold NaN or inf.
         RuntimeError: if the outputs of the new model differ by more than
             `atol` (a bug: please report it).
 
@@ -392,6 +393,12 @@ def shrink(model, verify_inputs=None, atol=1e-5):
             new_layer.set_weights(layer.get_weights())
     for inputs in _probe_inputs(model, verify_inputs, seed=0):
         old_outputs = _outputs(model, inputs)
+        if not all(np.isfinite(old).all() for old in old_outputs):
+            raise ValueError(
+                f"Invalid value for argument `model`: {model.name!r} gives NaN "
+                "or inf outputs (do its weights hold NaN or inf? did training "
+                "diverge?), so `shrink` cannot check the smaller model."
+            )
         for old, new in zip(old_outputs, _outputs(new_model, inputs), strict=True):
             error = float(np.max(np.abs(new - old))) if old.size else 0.0
             limit = atol * max(1.0, float(np.max(np.abs(old))) if old.size else 0.0)

@@ -414,3 +414,12 @@ def test_shrink_follows_zero_padding():
             assert small.get_layer(layer).filters == _kept_columns(mask), key
     x = np.random.default_rng(9).normal(size=(4, 8, 8, 3)).astype("float32")
     _assert_same_outputs(model, small, x)
+
+
+def test_shrink_refuses_a_model_with_nan_outputs():
+    model = _mlp()
+    kernel, bias = model.get_layer("hidden").get_weights()
+    kernel[0, 0] = np.nan
+    model.get_layer("hidden").set_weights([kernel, bias])
+    with pytest.raises(ValueError, match="argument `model`.*NaN or inf outputs"):
+        shrink(model)
