@@ -423,3 +423,28 @@ def test_shrink_refuses_a_model_with_nan_outputs():
     model.get_layer("hidden").set_weights([kernel, bias])
     with pytest.raises(ValueError, match="argument `model`.*NaN or inf outputs"):
         shrink(model)
+
+
+def test_resnet32_trained_with_channel_hypersparse_shrinks_to_the_same_outputs():
+    keras.utils.set_random_seed(0)
+    model = hypersparse_tf.models.resnet(32, input_shape=(32, 32, 3))
+    reg = hypersparse_tf.HyperSparse(0.5, coefficient=1e-3, structure="channel")
+    hypersparse_tf.attach(model, reg)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 32, 32, 3)).astype("float32")
+    reg.update_statistics()
+    model.fit(x, np.arange(16) % 10, batch_size=8, epochs=1, verbose=0)
+    masks = hypersparse_tf.global_magnitude_masks(model, 0.5, structure="channel")
+    hypersparse_tf.apply_masks(model, masks)
+    small = shrink(model, verify_inputs=x)
+    for key, mask in masks.items():
+        layer, name = key.split("/")
+        if name == "kernel" and layer != "predictions":
+            kept = int(mask.any(axis=(0, 1, 2)).sum())
+            assert small.get_layer(layer).filters == kept, key
+    assert small.count_params() < 0.6 * model.count_params()
+    _assert_same_outputs(model, small, x[:4])
