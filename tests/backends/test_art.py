@@ -90,3 +90,23 @@ def test_fix_masks_keeps_pruned_weights_zero_through_fit():
         value = keras.ops.convert_to_numpy(weight)
         assert np.all(value[~masks[key]] == 0)
         assert np.all(value[masks[key]] != 0)
+
+
+def test_art_with_budget_recalibration_and_logs():
+    x, _, y, _ = digits()
+    model = bn_mlp()
+    model, reg, art = art_setup(
+        0.9, model=model, epoch_budget=12, recalibrate_batchnorm=128
+    )
+    history = model.fit(
+        x, y, epochs=40, batch_size=64, shuffle=False, verbose=0, callbacks=[art]
+    )
+    assert art.phase == "done"
+    assert len(history.history["loss"]) == 12  # the budget, in all
+    assert [h["phase"] for h in art.history][:3] == ["warmup"] * 3
+    assert {"hypersparse_coefficient", "pruned_accuracy", "sparsity"} <= set(
+        history.history
+    )
+    values = [keras.ops.convert_to_numpy(k) for k in reg.kernels]
+    zeros = sum(int(np.sum(v == 0)) for v in values)
+    assert zeros == math.floor(0.9 * sum(v.size for v in values))
