@@ -19,8 +19,9 @@ it trains and measures:
   baseline: from the dense model, in every layer the same fraction of output
   channels/units with the smallest L1 norm goes (with its BatchNorm and
   bias, as channel HyperSparse's masks do), then fine-tuning with the masks
-  fixed (`--finetune_epochs`, fresh SGD, ART's fine-tuning learning rates): `--max_epochs + --finetune_epochs`
-  epochs in all, against ART's `--max_epochs`;
+  fixed (`--finetune_epochs`, fresh SGD, ART's fine-tuning learning rates):
+  `--max_epochs + --finetune_epochs` epochs in all, against ART's
+  `--max_epochs`;
 - `tfmot_block`: tensorflow-model-optimization's `prune_low_magnitude` on the
   Dense kernels of the dense LeNet in 1x4 blocks along the input axis
   (tfmot's `block_size=(4, 1)` in Keras' `(in, out)` layout: TFLite transposes
