@@ -31,7 +31,13 @@ print("JAX", jax.__version__, devices)
 if not any(d.platform == "gpu" for d in devices):
     raise SystemExit("JAX sees no GPU here")
 PY
-/tmp/hs_venv/bin/python benchmarks/paper_protocol.py \
+# The archive: ../shared/data beside the checkout, or shared/data inside the
+# copy the device tool makes (ARCHIVE=... overrides both).
+ARCHIVE="${ARCHIVE:-../shared/data/cifar10-jpeg.tar.gz}"
+if [ ! -f "${ARCHIVE}" ] && [ -f shared/data/cifar10-jpeg.tar.gz ]; then
+    ARCHIVE=shared/data/cifar10-jpeg.tar.gz
+fi
+/tmp/hs_venv/bin/python benchmarks/paper_protocol.py --archive="${ARCHIVE}" \
     --prune_rate="${RATE}" --max_minutes="${MINUTES}" \
     --cache_dir=/tmp/cifar_cache --output_dir="${RUN_DIR}" "$@" \
     2>&1 | tee "${OUT}/paper_protocol.log" | grep -v "^I0000\|^W0000"
