@@ -226,6 +226,7 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         self._last_finite = None
         self._initial_lr = None
         self._restore_from = None
+        self._resumed = False
         self._fit_epoch = 0
 
     def mask_variables(self):
@@ -303,6 +304,7 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
             self._say(f"ART resumed from {self.backup_dir}: phase {self.phase!r}.")
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._match_resumed_epoch(epoch)
         if self._restore_from is not None:
             backup_lib.ARTBackup.restore_model(self.model, self._restore_from)
             self._restore_from = None
@@ -483,17 +485,43 @@ class ART(tf_keras_callback.TfKerasFace, keras.callbacks.Callback):
         found = None if self._backup is None else self._backup.read()
         if found is None:
             return False
+        self._apply_backup(found)
+        optimizers.build_optimizer(self.model)
+        # As Keras' BackupAndRestore: the resumed `fit` starts at the epoch
+        # after the backup.
+        _keras_compat.set_initial_epoch(self.model, self._fit_epoch)
+        self._resumed = True
+        return True
+
+    def _match_resumed_epoch(self, epoch):
+        """At the first epoch of a resumed `fit`: where the trainer resumes
+        one epoch earlier than ART's backup (tf_keras's `BackupAndRestore`
+        wrote its checkpoint after ART's, and the process died in between),
+        ART takes its previous backup, so that the epoch is not counted
+        twice."""
+        if not self._resumed:
+            return
+        self._resumed = False
+        if epoch >= self._fit_epoch or self._backup is None:
+            return
+        for folder in self._backup.generations()[1:]:
+            found = self._backup.read(folder)
+            if found[0]["fit_epoch"] == epoch:
+                self._apply_backup(found)
+                ones = {k: np.ones(v.shape, bool) for k, v in self._masked.items()}
+                masks = self.masks if self.phase == "finetune" else ones
+                mask_constraints.assign_mask_variables(self._mask_variables, masks)
+                mask_constraints.refresh_compiled_masks(self.model)
+                self._say(f"ART resumed from its backup of epoch {epoch}.")
+                return
+
+    def _apply_backup(self, found):
         state, candidates, self.masks, self._restore_from = found
         self.schedule.set_state(state["schedule"], candidates)
         self.history = state["history"]
         self._initial_lr = state["initial_lr"]
         self._fit_epoch = state["fit_epoch"]
         self.diverged_epoch = state.get("diverged_epoch")
-        optimizers.build_optimizer(self.model)
-        # As Keras' BackupAndRestore: the resumed `fit` starts at the epoch
-        # after the backup.
-        _keras_compat.set_initial_epoch(self.model, self._fit_epoch)
-        return True
 
     def _say(self, message):
         if self.verbose > 0:

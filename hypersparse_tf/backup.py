@@ -9,8 +9,10 @@ ART's own state (counters, history, buffer accuracies) is a JSON file beside
 them, and its candidates' weights and masks an `.npz` file.
 
 A backup is written into `state.new/` and renamed to `state/` only when
-complete (the previous one is kept as `state.old/` during the swap), so a
-process killed at any moment leaves one complete backup. Keras'
+complete; the one before it is kept as `state.prev/`. A process killed at any
+moment leaves a complete backup, and the previous epoch's is there too: a
+resumed `fit` whose own checkpoint (tf_keras's `BackupAndRestore`) is one
+epoch older than ART's takes that one (`ART` chooses at the first epoch). Keras'
 `BackupAndRestore` is not used for the model: it writes its weights and its
 epoch number as two files, not atomically, and has no place for ART's state.
 """
@@ -75,28 +77,33 @@ class ARTBackup:
         np.savez(os.path.join(new, "arrays.npz"), **arrays)
         with open(os.path.join(new, "state.json"), "w") as f:
             json.dump(state, f)
-        current, old = self._folder(_STATE), self._folder(_STATE + ".old")
-        shutil.rmtree(old, ignore_errors=True)
+        current, previous = self._folder(_STATE), self._folder(_STATE + ".prev")
         if os.path.isdir(current):
-            os.rename(current, old)
+            shutil.rmtree(previous, ignore_errors=True)
+            os.rename(current, previous)
         os.rename(new, current)
-        shutil.rmtree(old, ignore_errors=True)
+
+    def generations(self):
+        """The folders of the complete backups, newest first (at most two)."""
+        return [
+            folder
+            for folder in (self._folder(_STATE), self._folder(_STATE + ".prev"))
+            if os.path.isfile(os.path.join(folder, "state.json"))
+        ]
 
     def latest(self):
         """The folder of the newest complete backup, or None."""
-        for name in (_STATE, _STATE + ".old"):
-            folder = self._folder(name)
-            if os.path.isfile(os.path.join(folder, "state.json")):
-                return folder
-        return None
+        found = self.generations()
+        return found[0] if found else None
 
-    def read(self):
-        """The newest backup as `(state, candidates, masks, folder)`, or None.
+    def read(self, folder=None):
+        """A backup as `(state, candidates, masks, folder)`: the newest, or
+        the one in `folder`; None when there is none.
 
         `state`, `candidates` and `masks` are what `write` was given; the
         model's weights are loaded from `folder` by `restore_model`.
         """
-        folder = self.latest()
+        folder = self.latest() if folder is None else folder
         if folder is None:
             return None
         with open(os.path.join(folder, "state.json")) as f:

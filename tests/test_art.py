@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import hypersparse_tf
+from hypersparse_tf import _keras_compat
 from tests.art_helpers import FAST
 from tests.art_helpers import art_setup
 from tests.art_helpers import bn_mlp
@@ -364,6 +365,59 @@ def test_art_resume_after_interruption(tmp_path, with_keras_backup):
     for a, b in zip(model.get_weights(), reference.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert not os.path.exists(tmp_path / "art")
+
+
+class _DieAfterEpochEnd(keras.callbacks.Callback):
+    """Dies in `on_epoch_end` of `at_epoch`, after ART (earlier in the list)
+    wrote its backup: a kill between ART's backup and a later checkpoint."""
+
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise RuntimeError("killed")
+
+
+class _ResumeOneEpochBehind(keras.callbacks.Callback):
+    """Starts the resumed `fit` at `epoch`, as a `BackupAndRestore` whose
+    checkpoint is one epoch older than ART's backup would."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_train_begin(self, logs=None):
+        _keras_compat.set_initial_epoch(self.model, self.epoch)
+
+
+def _by_epoch():
+    """Training that depends on the trainer's epoch number (as shuffling by
+    epoch does): a redone epoch would train differently."""
+    return keras.callbacks.LearningRateScheduler(
+        lambda epoch, lr: 0.1 if epoch % 2 == 0 else 0.03
+    )
+
+
+def test_art_resume_when_the_trainer_is_one_epoch_behind_its_backup(tmp_path):
+    reference, _, reference_art = art_setup(0.9, finetune_epochs=0)
+    _fit(reference, reference_art, callbacks=[_by_epoch()])
+    killed_at = FAST["warmup_epochs"] + 3  # during ART
+    model, _, art = art_setup(0.9, finetune_epochs=0, backup_dir=str(tmp_path / "a"))
+    with pytest.raises(RuntimeError, match="killed"):
+        _fit(model, art, callbacks=[_by_epoch(), _DieAfterEpochEnd(killed_at)])
+    # ART's backup holds epoch `killed_at`; the trainer's checkpoint only the
+    # epoch before: the resumed fit redoes epoch `killed_at`.
+    model, _, art = art_setup(
+        0.9, seed=1, finetune_epochs=0, backup_dir=str(tmp_path / "a")
+    )
+    _fit(model, art, callbacks=[_by_epoch(), _ResumeOneEpochBehind(killed_at)])
+    assert art.phase == "done"
+    assert art.termination_epoch == reference_art.termination_epoch
+    np.testing.assert_equal(art.history, reference_art.history)
+    for key in art.masks:
+        np.testing.assert_array_equal(art.masks[key], reference_art.masks[key])
 
 
 def test_art_bad_arguments():
