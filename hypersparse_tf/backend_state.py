@@ -34,10 +34,16 @@ class StateHolder(keras.layers.Layer):
         """Loads nothing (see `save_own_variables`)."""
 
 
+def is_tensorflow():
+    """Whether Keras runs on TensorFlow (the backend that keeps `tf.Variable`
+    state and reads any variable a compiled step touches)."""
+    return keras.backend.backend() == "tensorflow"
+
+
 def needs_tracking():
     """Whether the running backend freezes untracked variables (all but
     TensorFlow)."""
-    return keras.backend.backend() != "tensorflow"
+    return not is_tensorflow()
 
 
 def check_trackable(model):

@@ -13,22 +13,18 @@ import keras
 import numpy as np
 
 from hypersparse_tf import _keras_compat
-from hypersparse_tf import groups
+from hypersparse_tf import backend_state
 from hypersparse_tf import masks as masks_lib
 from hypersparse_tf import prunable
 from hypersparse_tf.masks import assign_masked
 from hypersparse_tf.masks import check_masks
 
 
-def _tensorflow():
-    return keras.backend.backend() == "tensorflow"
-
-
 def _mask_variable(values, name):
     """A float32 mask variable: `tf.Variable` under TensorFlow (tf_keras and
     `tf.distribute` take it), `keras.Variable` elsewhere."""
     values = np.asarray(values, np.float32)
-    if _tensorflow():
+    if backend_state.is_tensorflow():
         import tensorflow as tf
 
         return tf.Variable(values, trainable=False, name=f"mask_{name}")
@@ -61,7 +57,7 @@ class MaskConstraint(keras.constraints.Constraint):
             w = self.previous(w)
         # On JAX the optimizer reads the mask when the step is traced: a new
         # mask takes a new train function (`refresh_compiled_masks`).
-        mask = self.mask if _tensorflow() else self.mask.value
+        mask = self.mask if backend_state.is_tensorflow() else self.mask.value
         return w * keras.ops.cast(mask, w.dtype)
 
     def get_config(self):
@@ -124,7 +120,7 @@ def variable_constraint(variable):
 
 def _strategy_scope(model):
     """The scope of the model's `tf.distribute` strategy (TensorFlow only)."""
-    if not _tensorflow():
+    if not backend_state.is_tensorflow():
         return contextlib.nullcontext()
     import tensorflow as tf
 
@@ -136,7 +132,10 @@ def refresh_compiled_masks(model):
     """After mask variables changed during `fit`: on the backends whose
     compiled step holds the masks as constants (all but TensorFlow), builds
     the train function anew, which `fit` picks up at its next step."""
-    if not _tensorflow() and getattr(model, "train_function", None) is not None:
+    if (
+        not backend_state.is_tensorflow()
+        and getattr(model, "train_function", None) is not None
+    ):
         model.make_train_function(force=True)
 
 
@@ -255,11 +254,7 @@ def release_masks(model, predicate=None):
     weight gets back its own constraint.
     """
     entries = prunable.prunable_layers_and_weights(model, predicate)
-    entries += prunable.prunable_layers_and_weights(
-        model,
-        lambda layer, weight: prunable.weight_name(weight) in groups.COMPANION_NAMES,
-        allow_empty=True,
-    )
+    entries += masks_lib.companion_entries(model)
     for _, layer, weight in entries:
         constraint = variable_constraint(weight)
         if isinstance(constraint, MaskConstraint):

@@ -111,6 +111,16 @@ def global_magnitude_masks(
     return masks
 
 
+def companion_entries(model):
+    """`(key, layer, weight)` of every weight that channel masks may mask
+    besides the kernels: biases and BatchNorm gamma and beta."""
+    return prunable.prunable_layers_and_weights(
+        model,
+        lambda layer, weight: prunable.weight_name(weight) in groups.COMPANION_NAMES,
+        allow_empty=True,
+    )
+
+
 def masked_weights(model, masks, predicate=None):
     """`{key: variable}` of the weights `masks` prune: the prunable kernels,
     and the channel companions (biases, BatchNorm gamma and beta) that channel
@@ -120,13 +130,7 @@ def masked_weights(model, masks, predicate=None):
         return weights
     extra = set(masks) - set(weights)
     if extra:
-        for key, _, weight in prunable.prunable_layers_and_weights(
-            model,
-            lambda layer, weight: (
-                prunable.weight_name(weight) in groups.COMPANION_NAMES
-            ),
-            allow_empty=True,
-        ):
+        for key, _, weight in companion_entries(model):
             if key in extra:
                 weights[key] = weight
     return weights

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from hypersparse_tf import _keras_compat
+from hypersparse_tf import backend_state
 from hypersparse_tf import groups
 from hypersparse_tf import prunable
 from hypersparse_tf import validation
@@ -37,16 +38,12 @@ class NonFiniteWeightsError(FloatingPointError):
     """Raised by `update_statistics()` on kernels that hold NaN or inf."""
 
 
-def _tensorflow():
-    return keras.backend.backend() == "tensorflow"
-
-
 def _state_variable(value, name):
     """A float32 non-trainable variable of the regularizer's state: a
     `tf.Variable` under TensorFlow (tf_keras models and `tf.distribute` take
     it), a `keras.Variable` on the other backends (`attach` adds it to the
     model's state, so that a compiled step reads its current value)."""
-    if _tensorflow():
+    if backend_state.is_tensorflow():
         import tensorflow as tf
 
         return tf.Variable(value, trainable=False, dtype=tf.float32, name=name)
@@ -57,7 +54,7 @@ def _state_variable(value, name):
 
 def _value(variable):
     """A state variable's value as a tensor of the backend."""
-    return variable if _tensorflow() else variable.value
+    return variable if backend_state.is_tensorflow() else variable.value
 
 
 class AdaptiveRegularizer(keras.regularizers.Regularizer):
@@ -274,29 +271,27 @@ class HyperSparse(AdaptiveRegularizer):
         Args:
             kernels: List of tensors or variables.
         """
-        if self.structure != "weight":
-            return self._statistics_of(self._group_magnitudes(kernels)[1])
-        # One vector: a few large ops run faster than many small ones per kernel.
-        ops = keras.ops
-        magnitudes = ops.concatenate(
-            [ops.abs(ops.reshape(ops.cast(k, "float32"), (-1,))) for k in kernels], 0
-        )
-        return self._statistics_of(magnitudes)
+        return self._statistics_of(self._magnitudes(kernels)[1])
 
-    def _group_magnitudes(self, kernels):
-        """`(sums of squares, magnitudes)` of the groups, float32."""
-        kernels = [
-            keras.ops.cast(keras.ops.convert_to_tensor(k), "float32") for k in kernels
-        ]
-        sums = self._grouping.group_sums_of_squares(kernels, keras.ops)
-        return sums, self._grouping.magnitudes(sums, keras.ops)
+    def _magnitudes(self, kernels):
+        """`(group sums of squares or None, magnitudes)`, float32: the vector
+        the statistics are taken over (one entry per weight, or per group)."""
+        ops = keras.ops
+        kernels = [ops.cast(ops.convert_to_tensor(k), "float32") for k in kernels]
+        if self.structure != "weight":
+            sums = self._grouping.group_sums_of_squares(kernels, ops)
+            return sums, self._grouping.magnitudes(sums, ops)
+        # One vector: a few large ops run faster than many small ones per kernel.
+        return None, ops.concatenate(
+            [ops.abs(ops.reshape(k, (-1,))) for k in kernels], 0
+        )
 
     def _statistics_of(self, magnitudes):
         """`(t, s, A / T)` of a vector of magnitudes."""
         # NaN and inf have bit patterns above every finite magnitude: the
         # threshold would look fine while the statistics are garbage.
         ops = keras.ops
-        if _tensorflow():
+        if backend_state.is_tensorflow():
             import tensorflow as tf
 
             magnitudes = tf.debugging.assert_all_finite(magnitudes, NON_FINITE_MESSAGE)
@@ -309,33 +304,21 @@ class HyperSparse(AdaptiveRegularizer):
         soft_count = ops.sum(ops.tanh(scale * magnitudes))
         return threshold, scale, ops.divide_no_nan(total, soft_count)
 
-    def _assign_statistics(self):
-        if self.structure != "weight":
-            sums, magnitudes = self._group_magnitudes(self._kernels)
-            threshold, scale, ratio = self._statistics_of(magnitudes)
-            self._group_sums_of_squares.assign(sums)
-        else:
-            threshold, scale, ratio = self.compute_statistics(self._kernels)
+    def _assign(self, threshold, scale, ratio, sums):
         self._threshold.assign(threshold)
         self._scale.assign(scale)
         self._ratio.assign(ratio)
+        if sums is not None:
+            self._group_sums_of_squares.assign(sums)
+
+    def _assign_statistics(self):
+        sums, magnitudes = self._magnitudes(self._kernels)
+        self._assign(*self._statistics_of(magnitudes), sums)
 
     def _statistics_of_values(self, values):
         """The statistics (and group sums) of kernel values, a pure function
         for `jax.jit`: `(finite, threshold, scale, ratio, sums or None)`."""
-        if self.structure != "weight":
-            sums, magnitudes = self._group_magnitudes(values)
-        else:
-            sums = None
-            magnitudes = keras.ops.concatenate(
-                [
-                    keras.ops.abs(
-                        keras.ops.reshape(keras.ops.cast(v, "float32"), (-1,))
-                    )
-                    for v in values
-                ],
-                0,
-            )
+        sums, magnitudes = self._magnitudes(values)
         finite = keras.ops.all(keras.ops.isfinite(magnitudes))
         return (finite, *self._statistics_of(magnitudes), sums)
 
@@ -354,11 +337,7 @@ class HyperSparse(AdaptiveRegularizer):
             raise NonFiniteWeightsError(
                 f"{NON_FINITE_MESSAGE}. The statistics were left as they were."
             )
-        self._threshold.assign(threshold)
-        self._scale.assign(scale)
-        self._ratio.assign(ratio)
-        if sums is not None:
-            self._group_sums_of_squares.assign(sums)
+        self._assign(threshold, scale, ratio, sums)
 
     def update_statistics(self):
         """Recomputes `threshold`, `scale` and `ratio` over all attached kernels.
@@ -379,7 +358,7 @@ class HyperSparse(AdaptiveRegularizer):
                 "`hypersparse_tf.attach(model, regularizer)` on a built model "
                 "first."
             )
-        if not _tensorflow():
+        if not backend_state.is_tensorflow():
             self._update_other_backend()
             return
         import tensorflow as tf
