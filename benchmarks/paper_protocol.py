@@ -72,6 +72,13 @@ _ETA = flags.DEFINE_float("eta", reference.ETA, "eta.")
 _FINETUNE = flags.DEFINE_integer(
     "finetune_epochs", reference.FINETUNE_EPOCHS, "Fine-tuning epochs."
 )
+_BUDGET = flags.DEFINE_integer(
+    "epoch_budget",
+    None,
+    "ART's `epoch_budget`: warm-up, ART and fine-tuning epochs together; ART "
+    "ends at the latest when the fine-tuning epochs remain (default: none, as "
+    "the paper).",
+)
 _MAX_EPOCHS = flags.DEFINE_integer("max_epochs", 1000, "Upper bound on epochs.")
 _MAX_MINUTES = flags.DEFINE_float(
     "max_minutes", None, "Stop after the epoch that passes this wall-clock limit."
@@ -131,35 +138,43 @@ def _subset(x, y, size, seed):
 
 class Batches(keras.utils.PyDataset):
     """Normalized batches, shuffled every epoch and, with `augment`, padded by
-    4 (zeros), randomly cropped back to 32x32 and flipped, as the reference."""
+    4 (zeros), randomly cropped back to 32x32 and flipped, as the reference.
+
+    The order and the crops are a function of `(seed, epoch, batch index)`
+    alone, not of how many batches were drawn before: a run resumed at epoch
+    `e` (the `DataEpoch` callback sets it) sees the batches an uninterrupted
+    run sees at `e`."""
 
     def __init__(self, x, y, batch_size, mean, std, augment, seed, **kwargs):
         super().__init__(**kwargs)
         self.x, self.y = x, y
         self.batch_size, self.augment = batch_size, augment
         self.mean, self.std = mean, std
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
         self.order = np.arange(len(x))
-        if augment:
-            self.on_epoch_end()
+        self.epoch = None
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch):
+        if self.augment and epoch != self.epoch:
+            rng = np.random.default_rng((self.seed, epoch))
+            self.order = rng.permutation(len(self.x))
+        self.epoch = epoch
 
     def __len__(self):
         return -(-len(self.x) // self.batch_size)
-
-    def on_epoch_end(self):
-        if self.augment:
-            self.order = self.rng.permutation(len(self.x))
 
     def __getitem__(self, index):
         rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         images = self.x[rows]
         if self.augment:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
             padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
             size = images.shape[1]
             out = np.empty_like(images)
-            tops = self.rng.integers(0, 9, len(rows))
-            lefts = self.rng.integers(0, 9, len(rows))
-            flips = self.rng.random(len(rows)) < 0.5
+            tops = rng.integers(0, 9, len(rows))
+            lefts = rng.integers(0, 9, len(rows))
+            flips = rng.random(len(rows)) < 0.5
             for i, (top, left, flip) in enumerate(zip(tops, lefts, flips, strict=True)):
                 crop = padded[i, top : top + size, left : left + size]
                 out[i] = crop[:, ::-1] if flip else crop
@@ -169,6 +184,19 @@ class Batches(keras.utils.PyDataset):
 
 
 # ------------------------------------------------------------------ callbacks
+
+
+class DataEpoch(keras.callbacks.Callback):
+    """Tells the augmented `Batches` which epoch starts (first among the
+    callbacks, so ART's end-of-epoch scoring sees the same epoch)."""
+
+    def __init__(self, *batches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for batches in self.batches:
+            batches.set_epoch(epoch)
 
 
 class TimeLimit(Exception):
@@ -378,6 +406,7 @@ def main(argv):
             eta=_ETA.value,
             finetune_epochs=_FINETUNE.value,
         ),
+        epoch_budget=_BUDGET.value,
         backup_dir=str(out / "art_backup"),
         verbose=1,
     )
@@ -390,9 +419,13 @@ def main(argv):
             model.fit(
                 train,
                 epochs=_MAX_EPOCHS.value,
+                # `Batches` shuffles by (seed, epoch); Keras' own shuffle of
+                # the batch order would draw from Python's `random`, whose
+                # state a resumed process does not have.
+                shuffle=False,
                 # `art` writes its backup (model, optimizer, ART's state)
                 # before `log` may stop the run.
-                callbacks=[art, log],
+                callbacks=[DataEpoch(train, train_eval), art, log],
                 verbose=0,
             )
         except TimeLimit as limit:
