@@ -70,6 +70,45 @@ def sequential_graph(model):
     return _require(model, "_functional", "the graph of a Sequential model")
 
 
+def sequential_input_layer(model):
+    """The `InputLayer` at the bottom of a built Keras 3 `Sequential`'s stack,
+    or None (not built yet).
+
+    Relies on `Sequential._layers`: the stack, which holds the `InputLayer`
+    first once the model knows its input shape (`model.layers` leaves it
+    out).
+    """
+    stack = _require(model, "_layers", "the stack of a Sequential model")
+    if stack and isinstance(stack[0], keras.layers.InputLayer):
+        return stack[0]
+    return None
+
+
+def set_sublayer(owner, name, layer):
+    """Sets `owner.<name> = layer` as a tracked sublayer (its variables join
+    `owner.variables`), replacing and untracking an earlier one of that name;
+    `layer=None` only removes. Works on a built layer, whose state Keras
+    locks.
+
+    Relies on `Layer._tracker` (`locked`, `unlock`, `lock`, `untrack`):
+    deleting a sublayer attribute leaves it in the layer's list of sublayers,
+    and a built layer refuses new sublayers while its tracker is locked.
+    """
+    tracker = _require(owner, "_tracker", "the tracker of a layer's sublayers")
+    locked = tracker.locked
+    tracker.unlock()
+    try:
+        old = owner.__dict__.get(name)
+        if old is not None:
+            tracker.untrack(old)
+            delattr(owner, name)
+        if layer is not None:
+            setattr(owner, name, layer)
+    finally:
+        if locked:
+            tracker.lock()
+
+
 def nodes_by_depth(functional):
     """`{depth: [Node]}` of a Keras 3 functional model.
 

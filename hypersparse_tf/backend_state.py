@@ -9,10 +9,14 @@ backends `attach` hangs these variables on the model, in a layer of their own
 that Keras tracks like any sublayer (its variables join
 `model.non_trainable_variables`, which the step takes and gives back) but that
 saves nothing: a `.keras` file keeps the model's own weights only, and loads
-into a fresh model with or without the regularizer attached.
+into a fresh model with or without the regularizer attached. A `Sequential`
+model's sublayers are its stack, so there the holder hangs on the stack's
+`InputLayer` instead.
 """
 
 import keras
+
+from hypersparse_tf import _keras_compat
 
 
 class StateHolder(keras.layers.Layer):
@@ -46,34 +50,43 @@ def needs_tracking():
     return not is_tensorflow()
 
 
+def state_owner(model):
+    """The layer of `model` whose sublayers hold the state: the model itself,
+    or, for a `Sequential` (whose own sublayers are its stack of layers), the
+    `InputLayer` at the bottom of its stack, whose variables the model's
+    state includes and which `model.layers` and its `.keras` file leave
+    out."""
+    if isinstance(model, keras.Sequential):
+        return _keras_compat.sequential_input_layer(model)
+    return model
+
+
 def check_trackable(model):
     """Raises unless `model` can hold state on this backend: on JAX and
-    PyTorch, a Keras 3 functional model (a `Sequential` model keeps its
-    sublayers in its stack of layers, so a state layer set on it would not
-    join its variables)."""
+    PyTorch, a `Sequential` model must be built (know its input shape)."""
     if not needs_tracking() or not isinstance(model, keras.Model):
         return
-    if isinstance(model, keras.Sequential):
+    if state_owner(model) is None:
         raise ValueError(
             "Invalid value for argument `model`: on the "
-            f"{keras.backend.backend()} backend, hypersparse_tf needs a "
-            "functional model to hold the regularizer's and the masks' state "
-            "(a Sequential model cannot take it yet). Build it with "
-            "`keras.Model(inputs, outputs)`, or use the TensorFlow backend. "
-            f"Received: model={model.name!r} (Sequential)"
+            f"{keras.backend.backend()} backend, a Sequential model must be "
+            "built before hypersparse_tf can hold the regularizer's and the "
+            "masks' state in it. Start it with `keras.Input(shape)` or call "
+            "`model.build(input_shape)` first. "
+            f"Received: model={model.name!r} (Sequential, not built)"
         )
 
 
 def track(model, name, variables):
-    """Puts `variables` in `model`'s state as the attribute `name` (replacing
+    """Puts `variables` in `model`'s state as the sublayer `name` (replacing
     an earlier holder of that name); a no-op under TensorFlow and for models
     that are not Keras 3 models."""
     if not needs_tracking() or not isinstance(model, keras.Model):
         return
     check_trackable(model)
-    if hasattr(model, name):
-        delattr(model, name)  # untracks the earlier holder
-    setattr(model, name, StateHolder(variables, name=name))
+    _keras_compat.set_sublayer(
+        state_owner(model), name, StateHolder(variables, name=name)
+    )
     held = {id(v) for v in model.non_trainable_variables}
     if not all(id(v) in held for v in variables):  # pragma: no cover
         raise RuntimeError(

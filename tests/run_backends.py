@@ -2,8 +2,9 @@
 pytest process (Keras reads `KERAS_BACKEND` once, at import).
 
 A backend whose package is not installed is skipped with a message: the JAX
-CPU wheel installs with `pip install -e ".[all]"`; PyTorch's wheel is too
-large for CI here, so its run happens where torch is installed.
+CPU wheel installs with `pip install -e ".[all]"`; `.ci/run` installs
+PyTorch's CPU wheel where the machine holds it (PyPI's default is a CUDA build
+of several GB), and elsewhere PyTorch's run happens where torch is installed.
 
     python3 tests/run_backends.py [pytest options]
 """

@@ -75,6 +75,43 @@ def test_sequential_graph_and_nodes_by_depth():
     )
 
 
+def test_sequential_input_layer_is_in_the_stack_and_outside_layers():
+    model = _sequential()
+    first = _keras_compat.sequential_input_layer(model)
+    assert isinstance(first, keras.layers.InputLayer)
+    assert first not in model.layers
+    unbuilt = keras.Sequential([keras.layers.Dense(2)])
+    assert _keras_compat.sequential_input_layer(unbuilt) is None
+    unbuilt.build((None, 4))
+    assert _keras_compat.sequential_input_layer(unbuilt) is not None
+
+
+def test_set_sublayer_tracks_replaces_and_relocks_a_built_layer():
+    model = _sequential()
+    owner = model.get_layer("d1")  # built: Keras locks its state
+    before = len(model.non_trainable_variables)
+
+    def holder(value):
+        layer = keras.layers.Layer(trainable=False)
+        layer.state = layer.add_weight(
+            shape=(), initializer=keras.initializers.Constant(value), trainable=False
+        )
+        return layer
+
+    with pytest.raises(ValueError, match="already built"):
+        owner.extra = holder(1.0)  # what the unlocking is for
+    first, second = holder(1.0), holder(2.0)
+    _keras_compat.set_sublayer(owner, "held", first)
+    assert model.non_trainable_variables[before:] == [first.state]
+    _keras_compat.set_sublayer(owner, "held", second)  # replaced, not added
+    assert model.non_trainable_variables[before:] == [second.state]
+    assert owner.held is second
+    with pytest.raises(ValueError, match="already built"):
+        owner.extra = holder(3.0)  # locked again
+    _keras_compat.set_sublayer(owner, "held", None)
+    assert len(model.non_trainable_variables) == before
+
+
 def test_drop_traced_steps_makes_fit_trace_again():
     model = _compiled(_sequential())
     x, y = _data()

@@ -14,11 +14,11 @@ from tests.art_helpers import art_setup
 from tests.art_helpers import bn_mlp
 from tests.art_helpers import compiled
 from tests.art_helpers import digits
+from tests.art_helpers import mlp
 
 
 def functional_mlp(seed=0):
-    """The 64-32-10 MLP of the ART tests, functional (on JAX and PyTorch a
-    Sequential model cannot hold the regularizer's state yet)."""
+    """The 64-32-10 MLP of the ART tests, functional (`mlp` is Sequential)."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((64,))
     h = keras.layers.Dense(64, activation="relu", name="d1")(inputs)
@@ -31,9 +31,12 @@ def _kernel_values(kernels):
     return [keras.ops.convert_to_numpy(k) for k in kernels]
 
 
-def test_art_runs_every_phase_and_keeps_the_mask():
+@pytest.mark.parametrize(
+    "build", [functional_mlp, mlp], ids=["functional", "sequential"]
+)
+def test_art_runs_every_phase_and_keeps_the_mask(build):
     x, x_test, y, y_test = digits()
-    model, reg, art = art_setup(0.9, model=compiled(functional_mlp()))
+    model, reg, art = art_setup(0.9, model=compiled(build()))
     kernels = list(reg.kernels)
 
     seen = []

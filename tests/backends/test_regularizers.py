@@ -183,12 +183,54 @@ def test_saved_model_loads_without_the_regularizer_state(tmp_path):
     )
 
 
-def test_sequential_models_are_refused_where_they_cannot_hold_the_state():
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")])
+def _sequential(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(6, activation="relu", name="a"),
+            keras.layers.Dense(5, name="b"),
+        ]
+    )
+
+
+def test_a_sequential_model_holds_the_state_outside_its_stack(tmp_path):
     reg = hypersparse_tf.HyperSparse(0.5)
-    if keras.backend.backend() == "tensorflow":
-        assert len(hypersparse_tf.attach(model, reg)) == 1
-        return
-    with pytest.raises(ValueError, match="argument `model`.*functional model"):
+    model = _sequential()
+    kernels = hypersparse_tf.attach(model, reg)
+    hypersparse_tf.attach(model, reg)  # again: still one holder
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    reg.update_statistics()
+    x, y = _data()
+    first = float(model.train_on_batch(x, y))
+    reg.coefficient.assign(0.5)
+    second = float(model.train_on_batch(x, y))
+    weights = np.concatenate(
+        [np.ravel(keras.ops.convert_to_numpy(k)).astype(np.float64) for k in kernels]
+    )
+    np.testing.assert_allclose(second - first, 0.5 * np.abs(weights).sum(), rtol=1e-4)
+    # The stack, its layers' weights and the saved file are the model's own.
+    assert [layer.name for layer in model.layers] == ["a", "b"]
+    assert [len(layer.weights) for layer in model.layers] == [2, 2]
+    state = {id(v) for v in reg.state_variables()}
+    held = [v for v in model.non_trainable_variables if id(v) in state]
+    if keras.backend.backend() != "tensorflow":  # TensorFlow's step reads any
+        assert len(held) == len(state)  # variable; the others take the state
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert len(loaded.weights) == 4
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x))
+    )
+    assert isinstance(
+        loaded.get_layer("a").kernel_regularizer, hypersparse_tf.HyperSparse
+    )
+
+
+def test_an_unbuilt_sequential_model_is_refused():
+    model = keras.Sequential([keras.layers.Dense(3, name="d")])
+    reg = hypersparse_tf.HyperSparse(0.5)
+    with pytest.raises(ValueError, match="argument `model`.*not built"):
         hypersparse_tf.attach(model, reg)
     assert model.get_layer("d").kernel_regularizer is None  # nothing changed
