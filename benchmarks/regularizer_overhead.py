@@ -23,6 +23,10 @@ round from the medians of per-step times, and reported as the median over the
 rounds with its quartiles and min - max. Wall and process CPU time are both
 recorded.
 
+This is the TensorFlow backend's detailed measurement. The same step ratio on
+every Keras backend (TensorFlow, JAX, PyTorch, one child process each) is
+`benchmarks/backend_overhead.py`.
+
 Run from the repository root (about 10-15 minutes on 2 shared CPU cores):
 
     PYTHONPATH=. python3 benchmarks/regularizer_overhead.py

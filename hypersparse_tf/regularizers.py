@@ -332,7 +332,13 @@ class HyperSparse(AdaptiveRegularizer):
                 function = jax.jit(function)
             self._update_function = function
         values = [keras.ops.convert_to_tensor(k.value) for k in self._kernels]
-        finite, threshold, scale, ratio, sums = self._update_function(values)
+        if keras.backend.backend() == "torch":
+            import torch
+
+            with torch.no_grad():  # statistics: no autograd graph to record
+                finite, threshold, scale, ratio, sums = self._update_function(values)
+        else:
+            finite, threshold, scale, ratio, sums = self._update_function(values)
         if not bool(keras.ops.convert_to_numpy(finite)):
             raise NonFiniteWeightsError(
                 f"{NON_FINITE_MESSAGE}. The statistics were left as they were."

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import hypersparse_tf
+from tests.art_helpers import FAST
 from tests.art_helpers import art_setup
 from tests.art_helpers import bn_mlp
 from tests.art_helpers import compiled
@@ -113,3 +114,55 @@ def test_art_with_budget_recalibration_and_logs():
     values = [keras.ops.convert_to_numpy(k) for k in reg.kernels]
     zeros = sum(int(np.sum(v == 0)) for v in values)
     assert zeros == math.floor(0.9 * sum(v.size for v in values))
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise RuntimeError("interrupted")
+
+
+def _fit(model, art, callbacks=()):
+    x, _, y, _ = digits()
+    return model.fit(
+        x,
+        y,
+        batch_size=64,
+        epochs=200,
+        shuffle=False,
+        verbose=0,
+        callbacks=[art, *callbacks],
+    )
+
+
+@pytest.mark.parametrize(
+    "build", [functional_mlp, mlp], ids=["functional", "sequential"]
+)
+def test_art_resumes_from_its_backup_as_if_never_interrupted(tmp_path, build):
+    reference, _, reference_art = art_setup(0.9, model=compiled(build()))
+    _fit(reference, reference_art)
+    assert reference_art.phase == "done"
+    interrupt_at = FAST["warmup_epochs"] + 2  # during ART
+    assert reference_art.history[interrupt_at]["phase"] == "art"
+
+    backup = str(tmp_path / "art")
+    model, _, art = art_setup(0.9, model=compiled(build()), backup_dir=backup)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _fit(model, art, callbacks=[_Interrupt(interrupt_at)])
+    # As a new process would: a new model (other initial weights), regularizer
+    # and callback, the same folder.
+    model, _, art = art_setup(0.9, model=compiled(build(seed=1)), backup_dir=backup)
+    _fit(model, art)
+    assert art.phase == "done"
+    assert art.termination_epoch == reference_art.termination_epoch
+    np.testing.assert_equal(art.history, reference_art.history)  # NaN == NaN
+    for key in art.masks:
+        np.testing.assert_array_equal(art.masks[key], reference_art.masks[key])
+    for a, b in zip(model.weights, reference.weights, strict=True):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-6
+        )
