@@ -36,6 +36,8 @@ import csv  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import pathlib  # noqa: E402
+import shlex  # noqa: E402
+import sys  # noqa: E402
 import tarfile  # noqa: E402
 import time  # noqa: E402
 
@@ -59,7 +61,12 @@ _ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 _MODEL = flags.DEFINE_enum("model", "resnet32", ["resnet32", "vgg19_bn"], "Network.")
 _RATE = flags.DEFINE_float("prune_rate", 0.9, "Sparsity kappa.")
-_WIDTH = flags.DEFINE_integer("width", 16, "ResNet width (16: the paper's).")
+_WIDTH = flags.DEFINE_integer(
+    "width",
+    32,
+    "ResNet width, the filters of the stem and first stage (32: the reference's "
+    "doubled ResNet-32, 1,855,584 prunable weights; 16: the standard one).",
+)
 _ARCHIVE = flags.DEFINE_string(
     "archive", str(_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"), "JPEGs."
 )
@@ -304,11 +311,21 @@ def write_summary(out, summary):
 
     published = summary["published"]
     published = "-" if published is None else f"{published:.2f}%"
+    step = summary["step_seconds"]
+    step = "-" if step is None else f"{step:.3f}"
+    epoch = summary["median_epoch_seconds"]
+    epoch = "-" if epoch is None else f"{epoch:.1f}"
     lines = [
         f"# The paper's protocol: {summary['model']} at {summary['prune_rate']:.1%}",
         "",
+        f"{summary['prunable_weights']:,} prunable weights. "
         f"Backend {summary['backend']}; {summary['epochs']} epochs run, phase "
-        f"{summary['phase']!r}; median epoch {summary['median_epoch_seconds']:.1f} s.",
+        f"{summary['phase']!r}; median epoch {epoch} s "
+        f"({summary['batches_per_epoch']} training batches of "
+        f"{summary['batch_size']}: {step} s per batch, the "
+        "epoch's evaluations included).",
+        "",
+        f"    {summary['command']}",
         "",
         "| quantity | value |",
         "|---|---|",
@@ -440,7 +457,16 @@ def main(argv):
     summary = summarize(
         history, art.phase, _MODEL.value, _RATE.value, backend, step_seconds
     )
+    summary["batches_per_epoch"] = len(train)
+    summary["batch_size"] = batch
+    summary["prunable_weights"] = sum(
+        int(np.prod(w.shape)) for w in hypersparse_tf.prunable_weights(model).values()
+    )
     summary["wall_seconds_this_call"] = elapsed
+    summary["command"] = (
+        f"KERAS_BACKEND={backend} PYTHONPATH=. python3 benchmarks/paper_protocol.py "
+        + shlex.join(sys.argv[1:])
+    )
     write_summary(out, summary)
     write_plot(out, history)
     logging.info("summary: %s", json.dumps(summary))

@@ -89,5 +89,8 @@ def test_paper_protocol_runs_every_phase_and_resumes_as_if_never_stopped(tmp_pat
     assert summary["sparsity"] == pytest.approx(0.9, abs=1e-4)
     assert summary["art_epochs"] == phases.count("art") <= 2
     assert summary["published"] == 94.22
+    # Width 4: stem 27w, dense 40w, and 1,810 w^2 in the 3x3 and 1x1 kernels
+    # (at the default width 32: 1,855,584, the paper's count).
+    assert summary["prunable_weights"] == 27 * 4 + 40 * 4 + 1810 * 4**2
     assert "| published (the paper) | 94.22% |" in (out / "summary.md").read_text()
     assert (out / "history.png").stat().st_size > 0
