@@ -98,7 +98,7 @@ def set_sublayer(owner, name, layer):
     locked = tracker.locked
     tracker.unlock()
     try:
-        old = owner.__dict__.get(name)
+        old = getattr(owner, name, None)  # in `_modules`, not `__dict__`, on torch
         if old is not None:
             tracker.untrack(old)
             delattr(owner, name)

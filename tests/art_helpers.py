@@ -80,6 +80,34 @@ def art_setup(prune_rate=0.9, regularizer=None, seed=0, model=None, **kwargs):
     return model, reg, art
 
 
+def fit_digits(model, art, epochs=200, callbacks=(), **kwargs):
+    """`model.fit` on the digits training split: batch 64, no shuffle, `art`
+    first among the callbacks."""
+    x_train, _, y_train, _ = digits()
+    return model.fit(
+        x_train,
+        y_train,
+        batch_size=64,
+        epochs=epochs,
+        shuffle=False,
+        callbacks=[art, *callbacks],
+        verbose=0,
+        **kwargs,
+    )
+
+
+def interrupter(at_epoch, module=keras):
+    """A callback of `module`'s Keras (Keras 3 or tf_keras) that raises
+    `RuntimeError("interrupted")` when epoch `at_epoch` begins."""
+
+    class Interrupt(module.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == at_epoch:
+                raise RuntimeError("interrupted")
+
+    return Interrupt()
+
+
 def num_kernel_weights(model):
     return sum(
         int(np.prod(w.shape)) for w in hypersparse_tf.prunable_weights(model).values()

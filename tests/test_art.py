@@ -15,23 +15,11 @@ from tests.art_helpers import art_setup
 from tests.art_helpers import bn_mlp
 from tests.art_helpers import compiled
 from tests.art_helpers import digits
+from tests.art_helpers import fit_digits as _fit
+from tests.art_helpers import interrupter
 from tests.art_helpers import mlp
 from tests.art_helpers import num_kernel_weights
 from tests.conftest import assert_sparsity
-
-
-def _fit(model, art, epochs=200, callbacks=(), **kwargs):
-    x_train, _, y_train, _ = digits()
-    return model.fit(
-        x_train,
-        y_train,
-        batch_size=64,
-        epochs=epochs,
-        shuffle=False,
-        callbacks=[art, *callbacks],
-        verbose=0,
-        **kwargs,
-    )
 
 
 def _assert_masked_weights_are_zero(model, masks):
@@ -326,16 +314,6 @@ def test_art_accuracy_metric_found_or_named():
         _fit(model, art, epochs=1)
 
 
-class _Interrupt(keras.callbacks.Callback):
-    def __init__(self, at_epoch):
-        super().__init__()
-        self.at_epoch = at_epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.at_epoch:
-            raise RuntimeError("interrupted")
-
-
 @pytest.mark.parametrize("with_keras_backup", [False, True])
 def test_art_resume_after_interruption(tmp_path, with_keras_backup):
     reference, _, reference_art = art_setup(0.9)
@@ -350,7 +328,7 @@ def test_art_resume_after_interruption(tmp_path, with_keras_backup):
 
     model, _, art = art_setup(0.9, backup_dir=str(tmp_path / "art"))
     with pytest.raises(RuntimeError, match="interrupted"):
-        _fit(model, art, callbacks=callbacks([_Interrupt(interrupt_at)]))
+        _fit(model, art, callbacks=callbacks([interrupter(interrupt_at)]))
     assert art.phase == "art"
 
     # A new process: new model, regularizer and callback, same folders.

@@ -20,6 +20,7 @@ from tests.art_helpers import FAST
 from tests.art_helpers import art_setup
 from tests.art_helpers import bn_mlp
 from tests.art_helpers import digits
+from tests.art_helpers import interrupter
 from tests.art_helpers import num_kernel_weights
 from tests.conftest import MIXED_KEYS
 from tests.conftest import assert_sparsity
@@ -332,16 +333,6 @@ def test_art_tf_keras_legacy_optimizer_and_adaptive_l1():
     np.testing.assert_allclose(rates.rates[-4:], [0.05, 0.05, 0.005, 0.0005], rtol=1e-6)
 
 
-class _Interrupt(tf_keras.callbacks.Callback):
-    def __init__(self, at_epoch):
-        super().__init__()
-        self.at_epoch = at_epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.at_epoch:
-            raise RuntimeError("interrupted")
-
-
 @pytest.mark.parametrize("with_keras_backup", [False, True])
 def test_art_tf_keras_resume_after_interruption(
     keras3_reference, tmp_path, with_keras_backup
@@ -356,7 +347,9 @@ def test_art_tf_keras_resume_after_interruption(
 
     model, _, art = tf_keras_art_setup(0.9, backup_dir=str(tmp_path / "art"))
     with pytest.raises(RuntimeError, match="interrupted"):
-        tf_keras_fit(model, art, callbacks=callbacks([_Interrupt(interrupt_at)]))
+        tf_keras_fit(
+            model, art, callbacks=callbacks([interrupter(interrupt_at, tf_keras)])
+        )
     assert art.phase == "art"
 
     # A new process: new model, regularizer and callback, same folders.

@@ -10,7 +10,7 @@ import pytest
 import hypersparse_tf
 from tests.art_helpers import art_setup
 from tests.art_helpers import compiled
-from tests.art_helpers import digits
+from tests.art_helpers import fit_digits
 from tests.art_helpers import mlp
 from tests.conftest import TF_KERAS_MISSING
 from tests.conftest import mixed_model
@@ -42,17 +42,7 @@ def tf_keras_art_setup(prune_rate=0.9, regularizer=None, seed=0, **kwargs):
 
 def tf_keras_fit(model, art, epochs=200, callbacks=(), **kwargs):
     """`fit` on the digits training set with `art.for_tf_keras()` first."""
-    x_train, _, y_train, _ = digits()
-    return model.fit(
-        x_train,
-        y_train,
-        batch_size=64,
-        epochs=epochs,
-        shuffle=False,
-        callbacks=[art.for_tf_keras(), *callbacks],
-        verbose=0,
-        **kwargs,
-    )
+    return fit_digits(model, art.for_tf_keras(), epochs, callbacks, **kwargs)
 
 
 def masked_weights_are_zero(model, masks):

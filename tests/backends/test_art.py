@@ -15,6 +15,8 @@ from tests.art_helpers import art_setup
 from tests.art_helpers import bn_mlp
 from tests.art_helpers import compiled
 from tests.art_helpers import digits
+from tests.art_helpers import fit_digits
+from tests.art_helpers import interrupter
 from tests.art_helpers import mlp
 
 
@@ -116,35 +118,12 @@ def test_art_with_budget_recalibration_and_logs():
     assert zeros == math.floor(0.9 * sum(v.size for v in values))
 
 
-class _Interrupt(keras.callbacks.Callback):
-    def __init__(self, at_epoch):
-        super().__init__()
-        self.at_epoch = at_epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.at_epoch:
-            raise RuntimeError("interrupted")
-
-
-def _fit(model, art, callbacks=()):
-    x, _, y, _ = digits()
-    return model.fit(
-        x,
-        y,
-        batch_size=64,
-        epochs=200,
-        shuffle=False,
-        verbose=0,
-        callbacks=[art, *callbacks],
-    )
-
-
 @pytest.mark.parametrize(
     "build", [functional_mlp, mlp], ids=["functional", "sequential"]
 )
 def test_art_resumes_from_its_backup_as_if_never_interrupted(tmp_path, build):
     reference, _, reference_art = art_setup(0.9, model=compiled(build()))
-    _fit(reference, reference_art)
+    fit_digits(reference, reference_art)
     assert reference_art.phase == "done"
     interrupt_at = FAST["warmup_epochs"] + 2  # during ART
     assert reference_art.history[interrupt_at]["phase"] == "art"
@@ -152,11 +131,11 @@ def test_art_resumes_from_its_backup_as_if_never_interrupted(tmp_path, build):
     backup = str(tmp_path / "art")
     model, _, art = art_setup(0.9, model=compiled(build()), backup_dir=backup)
     with pytest.raises(RuntimeError, match="interrupted"):
-        _fit(model, art, callbacks=[_Interrupt(interrupt_at)])
+        fit_digits(model, art, callbacks=[interrupter(interrupt_at)])
     # As a new process would: a new model (other initial weights), regularizer
     # and callback, the same folder.
     model, _, art = art_setup(0.9, model=compiled(build(seed=1)), backup_dir=backup)
-    _fit(model, art)
+    fit_digits(model, art)
     assert art.phase == "done"
     assert art.termination_epoch == reference_art.termination_epoch
     np.testing.assert_equal(art.history, reference_art.history)  # NaN == NaN
