@@ -189,6 +189,29 @@ def clear_initial_epoch(model):
 # ------------------------------------------------------------------ variables
 
 
+def index_of_current_value(variables, value):
+    """The index in `variables` of the variable whose value in the active
+    `keras.StatelessScope` is `value`, or None (outside a scope, or none).
+
+    Relies on `keras.src.backend.get_stateless_scope()` and the scope's
+    `get_current_value(variable)`: inside JAX's traced train step Keras calls
+    a weight regularizer with the variable's current value (a tracer), which
+    this maps back to the variable.
+    """
+    from keras.src import backend as keras_backend
+
+    get_scope = _require(
+        keras_backend, "get_stateless_scope", "the values of a stateless step"
+    )
+    scope = get_scope()
+    if scope is None:
+        return None
+    for index, variable in enumerate(variables):
+        if scope.get_current_value(variable) is value:
+            return index
+    return None
+
+
 def set_constraint(variable, constraint):
     """Sets the constraint an optimizer applies to `variable` after updates.
 

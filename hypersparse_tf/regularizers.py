@@ -238,6 +238,8 @@ class HyperSparse(AdaptiveRegularizer):
     def __call__(self, x):
         if self.structure != "weight":
             index = self._kernel_index.get(id(x))
+            if index is None:  # JAX's step passes the variable's traced value
+                index = _keras_compat.index_of_current_value(self._kernels, x)
             if index is None:
                 raise ValueError(
                     "A structured HyperSparse regularizer regularizes the kernels "

@@ -112,6 +112,26 @@ def test_set_sublayer_tracks_replaces_and_relocks_a_built_layer():
     assert len(model.non_trainable_variables) == before
 
 
+def test_index_of_current_value_maps_a_stateless_step_value_to_its_variable():
+    model = _sequential()
+    seen = []
+
+    def regularizer(x):
+        seen.append(x)
+        return keras.ops.sum(x) * 0.0
+
+    layer = model.get_layer("d2")
+    layer.kernel.regularizer = regularizer
+    kernels = [model.get_layer("d1").kernel, layer.kernel]
+    value = keras.ops.ones(layer.kernel.shape)
+    with keras.StatelessScope(state_mapping=[(layer.kernel, value)]):
+        assert len(layer.losses) == 1  # Keras hands the regularizer the value
+        assert seen[-1] is value
+        assert _keras_compat.index_of_current_value(kernels, value) == 1
+        assert _keras_compat.index_of_current_value(kernels, kernels[1]) is None
+    assert _keras_compat.index_of_current_value(kernels, value) is None  # no scope
+
+
 def test_drop_traced_steps_makes_fit_trace_again():
     model = _compiled(_sequential())
     x, y = _data()

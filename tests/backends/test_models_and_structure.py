@@ -51,3 +51,45 @@ def test_channel_structure_statistics_and_masks_on_this_backend():
     hypersparse_tf.apply_masks(model, masks)
     small = hypersparse_tf.shrink(model)
     assert small.count_params() < model.count_params()
+
+
+def _conv_chain(sequential):
+    keras.utils.set_random_seed(0)
+    layers = [
+        keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="c1"),
+        keras.layers.Conv2D(5, 3, padding="same", activation="relu", name="c2"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(4, name="d"),
+    ]
+    if sequential:
+        return keras.Sequential([keras.Input((8, 8, 3)), *layers])
+    x = inputs = keras.Input((8, 8, 3))
+    for layer in layers:
+        x = layer(x)
+    return keras.Model(inputs, x)
+
+
+@pytest.mark.parametrize("structure", ["channel", "block"])
+@pytest.mark.parametrize("sequential", [False, True], ids=["functional", "sequential"])
+def test_structured_hypersparse_reaches_the_compiled_step(structure, sequential):
+    """Inside JAX's traced step Keras hands a regularizer the kernel's traced
+    value, not the variable: the structured loss must still find its kernel's
+    groups. With frozen weights, the loss a coefficient of 0.5 adds is 0.5 * A,
+    A the sum of the group magnitudes (each group lies in one kernel here)."""
+    model = _conv_chain(sequential)
+    block = {"block_shape": (1, 2)} if structure == "block" else {}
+    reg = hypersparse_tf.HyperSparse(0.5, structure=structure, **block)
+    kernels = hypersparse_tf.attach(model, reg)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    reg.update_statistics()
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 8, 8, 3)).astype("float32"), np.arange(8) % 4
+    first = float(model.train_on_batch(x, y))
+    reg.coefficient.assign(0.5)
+    second = float(model.train_on_batch(x, y))
+    values = [keras.ops.convert_to_numpy(k).astype(np.float64) for k in kernels]
+    magnitudes = reg.grouping.magnitudes(reg.grouping.group_sums_of_squares(values))
+    np.testing.assert_allclose(second - first, 0.5 * magnitudes.sum(), rtol=1e-4)
