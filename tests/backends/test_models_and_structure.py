@@ -93,3 +93,45 @@ def test_structured_hypersparse_reaches_the_compiled_step(structure, sequential)
     values = [keras.ops.convert_to_numpy(k).astype(np.float64) for k in kernels]
     magnitudes = reg.grouping.magnitudes(reg.grouping.group_sums_of_squares(values))
     np.testing.assert_allclose(second - first, 0.5 * magnitudes.sum(), rtol=1e-4)
+
+
+def test_art_with_channel_hypersparse_masks_whole_channels_and_shrinks():
+    keras.utils.set_random_seed(0)
+    model = models.mobilenet_style(input_shape=(16, 16, 3), width=4)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    reg = hypersparse_tf.HyperSparse(0.5, structure="channel")
+    hypersparse_tf.attach(model, reg)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 16, 16, 3)).astype("float32")
+    y = (x[:, :8].mean((1, 2, 3)) > 0).astype("int32")
+    art = hypersparse_tf.ART(
+        reg,
+        (x, y),
+        warmup_epochs=2,
+        lambda_init=1e-3,
+        eta=2.0,
+        finetune_epochs=2,
+        epoch_budget=10,
+        verbose=0,
+    )
+    model.fit(x, y, epochs=20, batch_size=32, verbose=0, callbacks=[art])
+    assert art.phase == "done"
+    # Every masked entry (kernels, and the removed channels' biases and
+    # BatchNorm parameters) is still exactly 0 after fine-tuning.
+    weights = {w.path: w for w in model.weights}
+    masked = [key for key in art.masks if key in weights]
+    assert len(masked) == len(art.masks)
+    for key in masked:
+        value = keras.ops.convert_to_numpy(weights[key])
+        assert np.all(value[~art.masks[key]] == 0), key
+    small = hypersparse_tf.shrink(model)
+    assert small.count_params() < 0.5 * model.count_params()
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(small(x[:8])),
+        keras.ops.convert_to_numpy(model(x[:8])),
+        atol=1e-5,
+    )
