@@ -165,3 +165,17 @@ def test_art_traces_the_train_step_a_few_times_not_every_step():
     # TensorFlow and JAX): the coefficient and statistics that ART changes
     # every epoch and step reach the step without a retrace.
     assert 1 <= len(traces) <= 4, len(traces)
+
+
+@pytest.mark.parametrize(
+    "make", [hypersparse_tf.AdaptiveL1, hypersparse_tf.AdaptiveL2], ids=["l1", "l2"]
+)
+def test_art_with_an_adaptive_penalty_ends_with_the_exact_sparsity(make):
+    model, reg, art = art_setup(
+        0.9, regularizer=make(), model=compiled(mlp()), epoch_budget=25
+    )
+    fit_digits(model, art)
+    assert art.phase == "done"
+    values = _kernel_values(reg.kernels)
+    zeros = sum(int(np.sum(v == 0)) for v in values)
+    assert zeros == math.floor(0.9 * sum(v.size for v in values))
