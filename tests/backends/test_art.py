@@ -179,3 +179,30 @@ def test_art_with_an_adaptive_penalty_ends_with_the_exact_sparsity(make):
     values = _kernel_values(reg.kernels)
     zeros = sum(int(np.sum(v == 0)) for v in values)
     assert zeros == math.floor(0.9 * sum(v.size for v in values))
+
+
+@pytest.mark.parametrize(
+    "build", [functional_mlp, mlp], ids=["functional", "sequential"]
+)
+def test_release_masks_lets_pruned_weights_train_and_sparsity_counts_them(build):
+    x, _, y, _ = digits()
+    model = compiled(build())
+    masks = hypersparse_tf.global_magnitude_masks(model, 0.75)
+    hypersparse_tf.fix_masks(model, masks)
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    pruned = {key: int(np.sum(~mask)) for key, mask in masks.items()}
+    counts = hypersparse_tf.masks.sparsity_counts(model)
+    assert {key: zeros for key, (zeros, _) in counts.items()} == pruned
+    total = sum(mask.size for mask in masks.values())
+    assert hypersparse_tf.sparsity(model) == sum(pruned.values()) / total
+    assert hypersparse_tf.sparsity_report(model).splitlines()[-1].split()[-1] == (
+        f"{sum(pruned.values()) / total:.2%}"
+    )
+
+    hypersparse_tf.release_masks(model)  # the compiled step must drop them too
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    for key, weight in hypersparse_tf.prunable_weights(model).items():
+        value = keras.ops.convert_to_numpy(weight)
+        # Most move (not all: some digits pixels are 0 in every image, and
+        # their weights get no gradient); with the masks none would.
+        assert np.count_nonzero(value[~masks[key]]) > 0.5 * pruned[key], key
