@@ -332,15 +332,14 @@ class HyperSparse(AdaptiveRegularizer):
                 import jax
 
                 function = jax.jit(function)
+            elif keras.backend.backend() == "torch":
+                import torch
+
+                # Statistics: no autograd graph to record.
+                function = torch.no_grad()(function)
             self._update_function = function
         values = [keras.ops.convert_to_tensor(k.value) for k in self._kernels]
-        if keras.backend.backend() == "torch":
-            import torch
-
-            with torch.no_grad():  # statistics: no autograd graph to record
-                finite, threshold, scale, ratio, sums = self._update_function(values)
-        else:
-            finite, threshold, scale, ratio, sums = self._update_function(values)
+        finite, threshold, scale, ratio, sums = self._update_function(values)
         if not bool(keras.ops.convert_to_numpy(finite)):
             raise NonFiniteWeightsError(
                 f"{NON_FINITE_MESSAGE}. The statistics were left as they were."
