@@ -68,5 +68,7 @@ def assert_sparsity(model, expected_zeros):
     import hypersparse_tf
 
     weights = hypersparse_tf.prunable_weights(model)
-    zeros = sum(int(np.sum(w.numpy() == 0)) for w in weights.values())
+    zeros = sum(
+        int(np.sum(keras.ops.convert_to_numpy(w) == 0)) for w in weights.values()
+    )
     assert zeros == expected_zeros

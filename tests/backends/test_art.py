@@ -18,6 +18,8 @@ from tests.art_helpers import digits
 from tests.art_helpers import fit_digits
 from tests.art_helpers import interrupter
 from tests.art_helpers import mlp
+from tests.art_helpers import num_kernel_weights
+from tests.conftest import assert_sparsity
 
 
 def functional_mlp(seed=0):
@@ -113,9 +115,7 @@ def test_art_with_budget_recalibration_and_logs():
     assert {"hypersparse_coefficient", "pruned_accuracy", "sparsity"} <= set(
         history.history
     )
-    values = [keras.ops.convert_to_numpy(k) for k in reg.kernels]
-    zeros = sum(int(np.sum(v == 0)) for v in values)
-    assert zeros == math.floor(0.9 * sum(v.size for v in values))
+    assert_sparsity(model, math.floor(0.9 * num_kernel_weights(model)))
 
 
 @pytest.mark.parametrize(
@@ -176,9 +176,7 @@ def test_art_with_an_adaptive_penalty_ends_with_the_exact_sparsity(make):
     )
     fit_digits(model, art)
     assert art.phase == "done"
-    values = _kernel_values(reg.kernels)
-    zeros = sum(int(np.sum(v == 0)) for v in values)
-    assert zeros == math.floor(0.9 * sum(v.size for v in values))
+    assert_sparsity(model, math.floor(0.9 * num_kernel_weights(model)))
 
 
 @pytest.mark.parametrize(
